@@ -1,0 +1,38 @@
+"""Decoder family (Llama / SmolLM2 / Qwen2 / Qwen3) in Flax NNX, HF mapping and sharding."""
+
+from toolrl_jax.models.config import Llama3RopeScaling, ModelConfig
+from toolrl_jax.models.decoder import Decoder, KVCache, init_cache
+from toolrl_jax.models.hf_mapping import (
+    create_model,
+    expected_hf_names,
+    expected_hf_shapes,
+    export_hf_state,
+    hf_name_to_path,
+    load_hf_state,
+)
+from toolrl_jax.models.sharding import (
+    MeshConfig,
+    batch_partition_spec,
+    make_mesh,
+    param_partition_specs,
+    shard_model,
+)
+
+__all__ = [
+    "Decoder",
+    "KVCache",
+    "Llama3RopeScaling",
+    "MeshConfig",
+    "ModelConfig",
+    "batch_partition_spec",
+    "create_model",
+    "expected_hf_names",
+    "expected_hf_shapes",
+    "export_hf_state",
+    "hf_name_to_path",
+    "init_cache",
+    "load_hf_state",
+    "make_mesh",
+    "param_partition_specs",
+    "shard_model",
+]
