@@ -226,16 +226,103 @@ def _resolve(value: Any) -> Any:
     return value
 
 
-def possible_answer_to_calls(ground_truth: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """BFCL ``[{func: {param: [allowed...]}}]`` -> ``[{"name", "arguments"}]`` using the first allowed values."""
+def _java_literal(value: Any, typ: str, nested: str | None = None) -> str:
+    """A Python value -> Java source text that bfcl-eval's ``java_type_converter`` maps back."""
+    if isinstance(value, str):
+        return value  # already source text (a variable name, an expression, a string)
+    if typ == "boolean":
+        return "true" if value else "false"
+    if typ == "long":
+        return f"{int(value)}L"
+    if typ == "float":
+        return f"{float(value)!r}f"
+    if typ == "double":
+        return repr(float(value))
+    if typ in ("byte", "short", "integer"):
+        return str(int(value))
+    if typ == "ArrayList" and isinstance(value, list):
+        if not value:
+            return "new ArrayList<>()"
+        items = [f'"{v}"' if nested in ("String", None) and isinstance(v, str) else _java_literal(v, nested or "String") for v in value]
+        return f"new ArrayList<>(Arrays.asList({', '.join(items)}))"
+    if typ == "Array" and isinstance(value, list):
+        items = [str(v) if isinstance(v, str) else _java_literal(v, nested or "String") for v in value]
+        return f"new {nested or 'Object'}[]{{{', '.join(items)}}}"
+    if typ == "HashMap" and isinstance(value, dict):
+        puts = " ".join(f'put("{k}", {_java_scalar(v)});' for k, v in value.items())
+        return f"new HashMap<String, String>() {{{{ {puts} }}}}"
+    return value if isinstance(value, str) else str(value)
+
+
+def _java_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _js_literal(value: Any, typ: str, nested: str | None = None) -> str:
+    """A Python value -> JavaScript source text that bfcl-eval's ``js_type_converter`` maps back."""
+    if isinstance(value, str):
+        return value  # already source text (a variable name, an expression, a string)
+    if typ == "Boolean":
+        return "true" if value else "false"
+    if typ == "Bigint":
+        return f"{int(value)}n"
+    if typ == "integer":
+        return str(int(value))
+    if typ == "float":
+        return repr(float(value))
+    if typ in ("array", "dict"):
+        return _js_value(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _js_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_js_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_js_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def possible_answer_to_calls(
+    ground_truth: Sequence[Mapping[str, Any]],
+    functions: Sequence[Mapping[str, Any]] = (),
+    language: str = "python",
+) -> list[dict[str, Any]]:
+    """BFCL ``[{func: {param: [allowed...]}}]`` -> ``[{"name", "arguments"}]`` that BFCL accepts.
+
+    Takes the first allowed value of each parameter; leaves out optional ones (first allowed
+    value ``""``) unless the doc lists them as required, and ones the doc does not know. For
+    Java / JavaScript the values become source text (``"true"``, ``"5L"``, ``"new
+    ArrayList<>(Arrays.asList(..))"``), as BFCL expects those models to answer.
+    """
+    docs = {f.get("name"): f for f in functions}
     calls = []
     for item in ground_truth:
         (name, params), = item.items()
+        doc = docs.get(name)
+        props = ((doc or {}).get("parameters") or {}).get("properties", {})
+        required = set(((doc or {}).get("parameters") or {}).get("required", []))
         args = {}
         for p, options in params.items():
-            if not options or options[0] == "":
+            chosen = [o for o in options if o != ""]
+            if not chosen or (options[0] == "" and p not in required) or (doc and p not in props and "" in options):
                 continue  # optional: leave it out
-            args[p] = _resolve(options[0])
+            value = _resolve(chosen[0])
+            schema = props.get(p, {})
+            typ, nested = schema.get("type", "string"), (schema.get("items") or {}).get("type")
+            if language == "java":
+                value = _java_literal(value, typ, nested)
+            elif language == "javascript":
+                value = _js_literal(value, typ, nested)
+            args[p] = value
         calls.append({"name": name, "arguments": args})
     return calls
 
@@ -337,7 +424,9 @@ def _entry_to_task(
         first_turn = question[0]
         if len(question) != 1:
             raise ValueError(f"{bfcl_id}: single-turn entry with {len(question)} turns")
-        first_calls = possible_answer_to_calls(answer["ground_truth"]) if answer else []
+        first_calls = (
+            possible_answer_to_calls(answer["ground_truth"], functions, language_of(category)) if answer else []
+        )
         meta["possible_answer"] = answer["ground_truth"] if answer else None
     meta["functions"] = functions  # BFCL's own docs, as its checker expects them
     shown = add_language_hints(functions, category)
