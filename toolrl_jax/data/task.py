@@ -219,19 +219,27 @@ def dialogue_history(turns: Sequence[tuple[str, str]]) -> str:
 
     ``turns`` is ``[(role, text)]`` with role ``user`` (rendered ``<user> text </user>``),
     ``assistant`` (the assistant's raw ToolRL text, pasted as is) or ``obs`` (tool results,
-    rendered ``<obs> text </obs>`` right after the assistant text that caused them).
+    rendered ``<obs> text </obs>``). Turns are separated by a blank line, except that an
+    ``<obs>`` follows its assistant turn after one newline (ToolRL's data layout). Uses
+    ``toolrl_jax.chat.toolrl_prompt.build_toolrl_user_message`` when present.
     """
-    out = "**Dialogue Records History**"
-    for role, text in turns:
-        if role == "user":
-            out += f"\n<user> {text} </user>\n"
-        elif role == "assistant":
-            out += f"\n{text}"
-        elif role == "obs":
-            out += f"\n<obs> {text} </obs>\n"
-        else:
-            raise ValueError(f"unknown dialogue role {role!r}")
-    return out.rstrip("\n")
+    history = [{"role": r, "content": t} for r, t in turns]
+    for h in history:
+        if h["role"] not in ("user", "assistant", "obs"):
+            raise ValueError(f"unknown dialogue role {h['role']!r}")
+    try:
+        from toolrl_jax.chat.toolrl_prompt import build_toolrl_user_message
+    except ImportError:
+        out = "**Dialogue Records History**\n"
+        for k, h in enumerate(history):
+            text = {"user": f"<user> {h['content']} </user>", "obs": f"<obs> {h['content']} </obs>"}.get(
+                h["role"], h["content"]
+            )
+            if k > 0:
+                out += "\n" if h["role"] == "obs" else "\n\n"
+            out += text
+        return out
+    return build_toolrl_user_message(history)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Accepted syntaxes (``syntax="auto"`` tries them in this order):
 
 Result: ``list[{"name": str, "arguments": dict}]`` when calls were decoded, ``[]`` when the
 text holds no call at all, and ``None`` when it tries to call but cannot be decoded.
+
+The decoding itself is the project's one parser, ``toolrl_jax.rewards.parse`` (ToolRL / hermes
+/ Python syntaxes, bounded and defensive); this module only maps its result onto the three
+outcomes above. A private copy below is used only if that module cannot be imported.
 """
 
 from __future__ import annotations
@@ -126,6 +130,31 @@ def parse_python_calls(text: str) -> list[dict[str, Any]] | None:
     return calls  # type: ignore[return-value]
 
 
+def _strip_fence(text: str) -> str:
+    s = _THINK_RE.sub("", text, count=1).strip()
+    m = _FENCE_RE.match(s)
+    return m.group(1).strip() if m else s
+
+
+def _parse_with_rewards_parser(text: str, syntax: str):
+    from toolrl_jax.rewards import parse as rp
+
+    if not isinstance(text, str):
+        return None
+    body = _THINK_RE.sub("", text, count=1)  # reasoning may mention the tags
+    if syntax in ("auto", "toolrl") and "<tool_call>" in body:
+        pc = rp.parse_completion(body, "auto")
+        if not pc.ok:
+            return None
+        return [{"name": c.name, "arguments": dict(c.arguments)} for c in pc.tool_calls]
+    if syntax == "toolrl":
+        return []
+    res = rp.parse_tool_calls(_strip_fence(body), "python")
+    if res.ok:
+        return [{"name": c.name, "arguments": dict(c.arguments)} for c in res.calls]
+    return None if syntax == "python" else []
+
+
 def parse_calls(text: str, syntax: str = "auto") -> list[dict[str, Any]] | None:
     """Decodes the tool calls in a model's output (see module docstring).
 
@@ -133,6 +162,12 @@ def parse_calls(text: str, syntax: str = "auto") -> list[dict[str, Any]] | None:
       text: the assistant's output.
       syntax: ``"toolrl"`` (``<tool_call>`` JSON), ``"python"`` (BFCL call syntax) or ``"auto"``.
     """
+    if syntax not in ("auto", "toolrl", "python"):
+        raise ValueError(f"unknown call syntax {syntax!r}")
+    try:
+        return _parse_with_rewards_parser(text, syntax)
+    except ImportError:
+        pass
     if syntax == "toolrl":
         return parse_toolrl_calls(text)
     if syntax == "python":
