@@ -106,9 +106,9 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), pdtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel.value.astype(self.dtype))
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
-            y = y + self.bias.value.astype(self.dtype)
+            y = y + self.bias[...].astype(self.dtype)
         return y
 
 
@@ -124,7 +124,7 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
-        return self.scale.value.astype(self.dtype) * normed
+        return self.scale[...].astype(self.dtype) * normed
 
 
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
@@ -374,8 +374,8 @@ class Decoder(nnx.Module):
     def lm_head_kernel(self) -> jax.Array:
         """``[D, V]`` output projection in param dtype (``embedding.T`` when tied)."""
         if self.lm_head is None:
-            return self.embed_tokens.embedding.value.T
-        return self.lm_head.kernel.value
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """``[..., D] -> [..., V]`` float32 logits (compute-dtype matmul, f32 accumulation).

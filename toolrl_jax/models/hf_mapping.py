@@ -278,21 +278,21 @@ def load_hf_state(
             sharding = jax.sharding.NamedSharding(mesh, specs[path])
             hf_shape = _hf_shape(t)
             shape = hf_shape[::-1] if transpose else hf_shape
-            var.value = jax.make_array_from_callback(
-                shape, sharding, _slice_reader(t, transpose, pdtype)
+            var.set_value(
+                jax.make_array_from_callback(shape, sharding, _slice_reader(t, transpose, pdtype))
             )
             continue
         host = _read(t)
         if transpose:
             host = host.T
         host = np.ascontiguousarray(host.astype(pdtype, copy=False))
-        current = var.value
+        current = var.get_value()
         if isinstance(current, jax.Array) and isinstance(
             getattr(current, "sharding", None), jax.sharding.NamedSharding
         ):
-            var.value = jax.device_put(host, current.sharding)
+            var.set_value(jax.device_put(host, current.sharding))
         else:
-            var.value = jnp.asarray(host)
+            var.set_value(jnp.asarray(host))
 
 
 def _slice_reader(t: Any, transpose: bool, dtype: np.dtype) -> Callable[[tuple], np.ndarray]:
@@ -317,7 +317,7 @@ def export_hf_state(model: Any) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path, var in _param_items(model):
         name, transpose = path_to_hf_name(path, config)
-        value = var.value
+        value = var.get_value()
         if isinstance(value, jax.Array) and not value.is_fully_addressable:
             from jax.experimental import multihost_utils
 

@@ -191,7 +191,7 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> None:
 
     specs = param_partition_specs(model.config, mesh=mesh)
     for path, var in _param_items(model):
-        var.value = jax.device_put(var.value, NamedSharding(mesh, specs[path]))
+        var.set_value(jax.device_put(var.get_value(), NamedSharding(mesh, specs[path])))
 
 
 def batch_partition_spec() -> P:
