@@ -1,0 +1,310 @@
+"""Runs the model's tool calls on host threads with per-call timeouts.
+
+Every failure becomes observation text the model reads, never an exception in the caller:
+
+    unknown tool     -> "Error: unknown tool 'x'. Available tools: a, b."
+    bad arguments    -> "Error: invalid arguments for tool 'x': missing required argument 'y'"
+    tool raised      -> "Error: tool 'x' raised ValueError: ..."
+    deadline passed  -> "Error: tool 'x' timed out after 10.0 s"
+
+Threads cannot be killed. Each call therefore runs on its own fresh daemon thread, and at most
+`max_workers` calls run at once (a semaphore). When a call passes its deadline the caller gets
+the timeout observation at once and the call's slot is given back, but its thread keeps running
+until the tool returns (its late result is discarded). A tool that hangs forever leaks one
+thread per timed-out call; `abandoned_calls` counts them. Tools that can hang should enforce
+their own deadlines (the Python sandbox kills its process at its deadline).
+
+Calls are duck-typed: anything with `.name` and `.arguments` (a dict, or a JSON string as in
+OpenAI's API), or a mapping with those keys, so parser outputs fit without conversion.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from toolrl_jax.tools.base import Tool, ToolEnvironment, validate_arguments
+
+__all__ = ["ErrorKind", "ToolCall", "ToolExecutor", "ToolResult", "render_observation"]
+
+ErrorKind = Literal["unknown_tool", "bad_arguments", "exception", "timeout"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """One call the model asked for (any object with `.name` and `.arguments` works too)."""
+
+    name: str
+    arguments: Mapping[str, Any] | str = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolResult:
+    """Outcome of one call.
+
+    Attributes:
+        name: the tool name as the model wrote it.
+        ok: True if the tool returned normally.
+        text: observation text for the model (the tool's output or an "Error: ..." message),
+            at most `max_observation_chars` characters plus a truncation marker.
+        error_kind: None, 'unknown_tool', 'bad_arguments', 'exception' or 'timeout'.
+        seconds: wall time from start of the call to its result (or to the deadline).
+    """
+
+    name: str
+    ok: bool
+    text: str
+    error_kind: ErrorKind | None
+    seconds: float
+
+
+def render_observation(value: Any) -> str:
+    """Tool return value -> text: strings as they are, None as "", others as JSON (or str())."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [truncated {len(text) - limit} characters]"
+
+
+class ToolExecutor:
+    """Thread-pool tool runner with per-call deadlines and per-trajectory state.
+
+    Args:
+        tools: the tools (each with `.name`); ignored names collide -> ValueError.
+        environment: optional `ToolEnvironment`; its tools are added, and each trajectory gets
+            its own state from `environment.reset(trajectory_id, task)` (see `start`).
+        max_workers: calls running at once (timed-out calls do not count).
+        timeout_s: per-call deadline, counted from the moment the call starts running.
+        max_observation_chars: longer observations are cut with a "[truncated N characters]"
+            marker.
+        parallel_calls: run the calls of one `submit` concurrently. Default: True without an
+            environment, False with one (calls on one trajectory's state run in order).
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Tool] = (),
+        *,
+        environment: ToolEnvironment | None = None,
+        max_workers: int = 8,
+        timeout_s: float = 10.0,
+        max_observation_chars: int = 8192,
+        parallel_calls: bool | None = None,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        all_tools = list(tools) + list(environment.tools if environment is not None else ())
+        self._tools: dict[str, Tool] = {}
+        for tool in all_tools:
+            if tool.name in self._tools and self._tools[tool.name] is not tool:
+                raise ValueError(f"two tools are named {tool.name!r}")
+            self._tools[tool.name] = tool
+        self._environment = environment
+        self.timeout_s = float(timeout_s)
+        self.max_workers = int(max_workers)
+        self.max_observation_chars = int(max_observation_chars)
+        self.parallel_calls = environment is None if parallel_calls is None else parallel_calls
+        self._slots = threading.BoundedSemaphore(self.max_workers)
+        self._lock = threading.Lock()
+        self._states: dict[Hashable, Any] = {}
+        self._abandoned = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ trajectory state
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        return dict(self._tools)
+
+    @property
+    def abandoned_calls(self) -> int:
+        """Timed-out calls whose threads have not returned yet."""
+        with self._lock:
+            return self._abandoned
+
+    def start(self, trajectory_id: Hashable, task: Any = None) -> Any:
+        """Creates (or replaces) the trajectory's state via `environment.reset`; returns it."""
+        state = self._environment.reset(trajectory_id, task) if self._environment else None
+        with self._lock:
+            self._states[trajectory_id] = state
+        return state
+
+    def state(self, trajectory_id: Hashable) -> Any:
+        with self._lock:
+            return self._states.get(trajectory_id)
+
+    def finish(self, trajectory_id: Hashable) -> Any:
+        """Forgets the trajectory and returns its final state (None if it had none)."""
+        with self._lock:
+            return self._states.pop(trajectory_id, None)
+
+    # ------------------------------------------------------------------ running calls
+
+    def submit(self, trajectory_id: Hashable, calls: Sequence[Any]) -> concurrent.futures.Future:
+        """Starts the calls; the Future resolves to `list[ToolResult]` in call order.
+
+        Never blocks on the tools and never raises for bad calls (those become results). A
+        trajectory that was never `start`ed is started with task None on its first submit.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(RuntimeError("ToolExecutor is closed"))
+            return future
+        calls = list(calls)
+        with self._lock:
+            needs_start = self._environment is not None and trajectory_id not in self._states
+        state = self.start(trajectory_id) if needs_start else self.state(trajectory_id)
+        coordinator = threading.Thread(
+            target=self._coordinate, args=(future, calls, state),
+            name=f"tool-calls-{trajectory_id}", daemon=True)
+        coordinator.start()
+        return future
+
+    def run(self, trajectory_id: Hashable, calls: Sequence[Any]) -> list[ToolResult]:
+        """Blocking `submit(...).result()`."""
+        return self.submit(trajectory_id, calls).result()
+
+    def close(self) -> None:
+        """Refuses new submits; calls already running finish on their own threads."""
+        self._closed = True
+
+    def __enter__(self) -> ToolExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _coordinate(self, future: concurrent.futures.Future, calls: list[Any], state: Any) -> None:
+        try:
+            if self.parallel_calls:
+                pending = [self._launch(call, state) for call in calls]
+                results = [self._await(p) for p in pending]
+            else:
+                results = [self._await(self._launch(call, state)) for call in calls]
+            future.set_result(results)
+        except BaseException as exc:  # a bug here must still resolve the future
+            future.set_exception(exc)
+
+    def _launch(self, call: Any, state: Any) -> _Pending:
+        name, arguments, problem = _unpack(call)
+        tool = self._tools.get(name) if isinstance(name, str) else None
+        display = name if isinstance(name, str) else repr(name)
+        if problem is not None:
+            return _Pending.done(self._error(display, "bad_arguments",
+                                             f"invalid arguments for tool '{display}': {problem}"))
+        if tool is None:
+            available = ", ".join(sorted(self._tools)) or "none"
+            return _Pending.done(self._error(
+                display, "unknown_tool", f"unknown tool '{display}'. Available tools: {available}."))
+        parameters = tool.schema.get("parameters") if isinstance(tool.schema, Mapping) else None
+        if parameters:
+            errors = validate_arguments(parameters, arguments)
+            if errors:
+                return _Pending.done(self._error(
+                    display, "bad_arguments",
+                    f"invalid arguments for tool '{display}': {'; '.join(errors)}"))
+        state_param = getattr(tool, "state_param", None)
+        if state_param:
+            arguments = {**arguments, state_param: state}
+
+        self._slots.acquire()
+        pending = _Pending(name=display, started=time.monotonic())
+        worker = threading.Thread(target=self._work, args=(pending, tool, arguments),
+                                  name=f"tool-{display}", daemon=True)
+        worker.start()
+        return pending
+
+    def _work(self, pending: _Pending, tool: Tool, arguments: dict) -> None:
+        try:
+            value = tool(**arguments)
+            text, ok, kind = render_observation(value), True, None
+        except BaseException as exc:  # noqa: BLE001 - the model sees every failure as text
+            message = str(exc).strip()
+            text = f"Error: tool '{pending.name}' raised {type(exc).__name__}" + (
+                f": {message}" if message else "")
+            ok, kind = False, "exception"
+        seconds = time.monotonic() - pending.started
+        result = ToolResult(pending.name, ok, _truncate(text, self.max_observation_chars),
+                            kind, seconds)
+        with self._lock:
+            if pending.result is None:
+                pending.result = result
+                self._slots.release()
+            else:  # the caller already got a timeout
+                self._abandoned -= 1
+        pending.finished.set()
+
+    def _await(self, pending: _Pending) -> ToolResult:
+        if pending.result is not None and pending.finished.is_set():
+            return pending.result
+        remaining = pending.started + self.timeout_s - time.monotonic()
+        pending.finished.wait(max(0.0, remaining))
+        with self._lock:
+            if pending.result is None:
+                pending.result = ToolResult(
+                    pending.name, False,
+                    f"Error: tool '{pending.name}' timed out after {self.timeout_s:g} s",
+                    "timeout", time.monotonic() - pending.started)
+                self._abandoned += 1
+                self._slots.release()
+            return pending.result
+
+    def _error(self, name: str, kind: ErrorKind, message: str) -> ToolResult:
+        return ToolResult(name, False, _truncate(f"Error: {message}", self.max_observation_chars),
+                          kind, 0.0)
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    name: str
+    started: float
+    result: ToolResult | None = None
+    finished: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    @classmethod
+    def done(cls, result: ToolResult) -> _Pending:
+        pending = cls(name=result.name, started=time.monotonic(), result=result)
+        pending.finished.set()
+        return pending
+
+
+def _unpack(call: Any) -> tuple[Any, dict, str | None]:
+    """(name, arguments dict, problem text or None) from a duck-typed call; never raises."""
+    try:
+        if isinstance(call, Mapping):
+            name, arguments = call.get("name"), call.get("arguments", {})
+        else:
+            name, arguments = getattr(call, "name", None), getattr(call, "arguments", {})
+    except Exception as exc:  # noqa: BLE001 - garbage from a parser
+        return None, {}, f"unreadable call ({type(exc).__name__})"
+    if arguments is None:
+        arguments = {}
+    if isinstance(arguments, (str, bytes)):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError as exc:
+            return name, {}, f"arguments are not valid JSON ({exc})"
+    if not isinstance(arguments, Mapping):
+        return name, {}, f"arguments must be a JSON object, got {type(arguments).__name__}"
+    if not all(isinstance(k, str) for k in arguments):
+        return name, {}, "argument names must be strings"
+    return name, dict(arguments), None
