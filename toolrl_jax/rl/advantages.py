@@ -1,0 +1,298 @@
+"""Outcome advantages for group-based policy gradients (GRPO, Dr. GRPO, RLOO, batch-normalised).
+
+Every function here is pure over fixed-shape arrays and can be jitted:
+
+* ``rewards``   ``[B]`` float32, one scalar reward per sampled completion;
+* ``group_ids`` ``[B]`` int32, the prompt group each completion belongs to, any integers in
+  ``[0, num_groups)`` (groups may have different sizes and need not be contiguous);
+* ``row_mask``  ``[B]`` bool (optional), False for padding rows added to reach a static batch
+  bucket: they belong to no group, do not change any statistic and get advantage 0.
+
+``num_groups`` is a static upper bound on the group ids (it defaults to ``B``, which always
+suffices when the ids are ``0..B-1`` or smaller); per-group statistics use
+``jax.ops.segment_sum`` with that many segments.
+
+Groups split across micro-batches: advantages depend on whole groups, so compute them once on the
+full rollout batch (this module), broadcast them to tokens, and only then split the batch into
+PPO mini-batches / gradient-accumulation micro-batches (the train step never recomputes them).
+
+Estimators (``r_i`` reward of row i, ``G`` its group, ``n = |G|``):
+
+* ``grpo``       ``A_i = (r_i - mean_G) / (std_G + eps)`` (Shao et al. 2024, DeepSeekMath, arXiv
+  2402.03300). ``std_ddof=1`` uses the unbiased ``n-1`` standard deviation like released
+  ToolRL/verl (``torch.std``); ``std_ddof=0`` uses ``n``. A group of one gets ``A = 0``.
+* ``dr_grpo``    ``A_i = r_i - mean_G`` (Liu et al. 2025, "Understanding R1-Zero-Like Training",
+  arXiv 2503.20783): no division by the std.
+* ``rloo``       ``A_i = r_i - mean_{j in G, j != i} r_j = n/(n-1) (r_i - mean_G)``
+  (Ahmadian et al. 2024, arXiv 2402.14740). A group of one gets ``A = 0``.
+* ``batch_norm`` ``A_i = (r_i - mean_B) / (std_B + eps)`` over all valid rows of the batch,
+  ignoring groups (REINFORCE++-style global whitening; std with ``std_ddof``).
+* ``group_mean_batch_std`` ``A_i = (r_i - mean_G) / (std_B(r - mean_G) + eps)``: group baseline,
+  batch-level scale ("Lite PPO", arXiv 2508.08221).
+
+DAPO dynamic sampling (Yu et al. 2025, arXiv 2503.14476) drops groups whose rewards are all
+equal (all correct or all wrong: zero advantage, no learning signal). :func:`constant_groups`
+reports how many such groups there are and a per-row mask of the rows in non-constant groups; the
+trainer decides whether to drop them and resample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from toolrl_jax.errors import ConfigError
+
+Estimator = Literal["grpo", "dr_grpo", "rloo", "batch_norm", "group_mean_batch_std"]
+ESTIMATORS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "batch_norm", "group_mean_batch_std")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdvantageConfig:
+    """How outcome rewards become advantages.
+
+    Attributes:
+      estimator: one of ``grpo`` (default), ``dr_grpo``, ``rloo``, ``batch_norm``,
+        ``group_mean_batch_std``.
+      std_ddof: 1 for the unbiased (n-1) std like released ToolRL/verl, 0 for the population std.
+      eps: added to the std in the denominator (1e-6 as in ToolRL/verl).
+    """
+
+    estimator: Estimator = "grpo"
+    std_ddof: int = 1
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(
+                f"advantage.estimator: {self.estimator!r} is not one of {', '.join(ESTIMATORS)}"
+            )
+        if self.std_ddof not in (0, 1):
+            raise ConfigError(f"advantage.std_ddof: must be 0 or 1, got {self.std_ddof}")
+        if not self.eps >= 0:
+            raise ConfigError(f"advantage.eps: must be >= 0, got {self.eps}")
+
+
+class GroupStats(NamedTuple):
+    """Per-group statistics, each ``[num_groups]``."""
+
+    count: jax.Array  # float32 number of valid rows in the group
+    mean: jax.Array
+    std: jax.Array  # with the requested ddof; 0 where count <= ddof
+    is_constant: jax.Array  # bool: non-empty and max == min
+
+
+class AdvantageOutput(NamedTuple):
+    """Advantages and the DAPO dynamic-sampling report.
+
+    Attributes:
+      advantages: ``[B]`` float32 (0 on padding rows).
+      nonconstant_row_mask: ``[B]`` bool, True for valid rows whose group has at least two
+        different rewards (keep these under DAPO dynamic sampling).
+      num_constant_groups: int32 scalar, non-empty groups whose rewards are all equal (a group
+        of one counts as constant).
+      num_groups: int32 scalar, non-empty groups.
+    """
+
+    advantages: jax.Array
+    nonconstant_row_mask: jax.Array
+    num_constant_groups: jax.Array
+    num_groups: jax.Array
+
+
+def _row_mask(rewards: jax.Array, row_mask: jax.Array | None) -> jax.Array:
+    if row_mask is None:
+        return jnp.ones(rewards.shape, dtype=bool)
+    return row_mask.astype(bool)
+
+
+def group_stats(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    *,
+    num_groups: int | None = None,
+    row_mask: jax.Array | None = None,
+    std_ddof: int = 1,
+) -> GroupStats:
+    """Count, mean, std (two-pass, ``ddof``) and constancy of each group.
+
+    Args:
+      rewards: ``[B]`` rewards.
+      group_ids: ``[B]`` int group ids in ``[0, num_groups)``.
+      num_groups: static number of segments (default ``B``).
+      row_mask: ``[B]`` bool, False rows are ignored.
+      std_ddof: 0 or 1.
+
+    Returns:
+      :class:`GroupStats` with ``[num_groups]`` arrays.
+    """
+    rewards = rewards.astype(jnp.float32)
+    num_groups = rewards.shape[0] if num_groups is None else int(num_groups)
+    valid = _row_mask(rewards, row_mask)
+    w = valid.astype(jnp.float32)
+    seg = lambda x: jax.ops.segment_sum(x, group_ids, num_segments=num_groups)  # noqa: E731
+    count = seg(w)
+    mean = seg(rewards * w) / jnp.maximum(count, 1.0)
+    dev = (rewards - mean[group_ids]) * w
+    sq = seg(dev * dev)
+    denom = count - std_ddof
+    std = jnp.where(denom > 0, jnp.sqrt(sq / jnp.maximum(denom, 1.0)), 0.0)
+    big = jnp.finfo(jnp.float32).max
+    gmax = jax.ops.segment_max(jnp.where(valid, rewards, -big), group_ids, num_segments=num_groups)
+    gmin = jax.ops.segment_min(jnp.where(valid, rewards, big), group_ids, num_segments=num_groups)
+    is_constant = (count > 0) & (gmax == gmin)
+    return GroupStats(count=count, mean=mean, std=std, is_constant=is_constant)
+
+
+def _masked_batch_mean_std(x: jax.Array, valid: jax.Array, ddof: int) -> tuple[jax.Array, jax.Array]:
+    w = valid.astype(jnp.float32)
+    n = jnp.sum(w)
+    mean = jnp.sum(x * w) / jnp.maximum(n, 1.0)
+    dev = (x - mean) * w
+    std = jnp.where(n - ddof > 0, jnp.sqrt(jnp.sum(dev * dev) / jnp.maximum(n - ddof, 1.0)), 0.0)
+    return mean, std
+
+
+def compute_advantages(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    config: AdvantageConfig = AdvantageConfig(),
+    *,
+    num_groups: int | None = None,
+    row_mask: jax.Array | None = None,
+) -> AdvantageOutput:
+    """Advantages ``[B]`` for ``config.estimator`` plus the constant-group report.
+
+    Formulas are in the module docstring. Padding rows (``row_mask`` False) get 0. Rows of a
+    group of one get 0 for ``grpo``, ``dr_grpo``, ``rloo`` and ``group_mean_batch_std``.
+    Jit with ``config`` and ``num_groups`` static (``jax.jit(compute_advantages,
+    static_argnames=("config", "num_groups"))``); the frozen config is hashable.
+    """
+    rewards = rewards.astype(jnp.float32)
+    group_ids = group_ids.astype(jnp.int32)
+    valid = _row_mask(rewards, row_mask)
+    stats = group_stats(
+        rewards, group_ids, num_groups=num_groups, row_mask=valid, std_ddof=config.std_ddof
+    )
+    count = stats.count[group_ids]
+    centered = rewards - stats.mean[group_ids]
+    singleton = count <= 1.0
+    est = config.estimator
+    if est == "grpo":
+        adv = centered / (stats.std[group_ids] + config.eps)
+        adv = jnp.where(singleton, 0.0, adv)
+    elif est == "dr_grpo":
+        adv = jnp.where(singleton, 0.0, centered)
+    elif est == "rloo":
+        adv = jnp.where(singleton, 0.0, centered * count / jnp.maximum(count - 1.0, 1.0))
+    elif est == "batch_norm":
+        mean, std = _masked_batch_mean_std(rewards, valid, config.std_ddof)
+        adv = (rewards - mean) / (std + config.eps)
+    elif est == "group_mean_batch_std":
+        centered = jnp.where(singleton, 0.0, centered)
+        _, std = _masked_batch_mean_std(centered, valid, config.std_ddof)
+        adv = centered / (std + config.eps)
+    else:  # pragma: no cover - rejected by AdvantageConfig
+        raise ConfigError(f"advantage.estimator: unknown {est!r}")
+    adv = jnp.where(valid, adv, 0.0).astype(jnp.float32)
+    nonconstant_rows = valid & ~stats.is_constant[group_ids]
+    nonempty = stats.count > 0
+    return AdvantageOutput(
+        advantages=adv,
+        nonconstant_row_mask=nonconstant_rows,
+        num_constant_groups=jnp.sum(stats.is_constant).astype(jnp.int32),
+        num_groups=jnp.sum(nonempty).astype(jnp.int32),
+    )
+
+
+def grpo_advantages(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    *,
+    num_groups: int | None = None,
+    row_mask: jax.Array | None = None,
+    std_ddof: int = 1,
+    eps: float = 1e-6,
+) -> jax.Array:
+    """``[B]`` GRPO advantages ``(r - mean_G) / (std_G + eps)``; see :func:`compute_advantages`."""
+    cfg = AdvantageConfig(estimator="grpo", std_ddof=std_ddof, eps=eps)
+    return compute_advantages(
+        rewards, group_ids, cfg, num_groups=num_groups, row_mask=row_mask
+    ).advantages
+
+
+def dr_grpo_advantages(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    *,
+    num_groups: int | None = None,
+    row_mask: jax.Array | None = None,
+) -> jax.Array:
+    """``[B]`` Dr. GRPO advantages ``r - mean_G``."""
+    cfg = AdvantageConfig(estimator="dr_grpo")
+    return compute_advantages(
+        rewards, group_ids, cfg, num_groups=num_groups, row_mask=row_mask
+    ).advantages
+
+
+def rloo_advantages(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    *,
+    num_groups: int | None = None,
+    row_mask: jax.Array | None = None,
+) -> jax.Array:
+    """``[B]`` RLOO advantages ``r_i - mean_{j != i} r_j``."""
+    cfg = AdvantageConfig(estimator="rloo")
+    return compute_advantages(
+        rewards, group_ids, cfg, num_groups=num_groups, row_mask=row_mask
+    ).advantages
+
+
+def batch_normalized_advantages(
+    rewards: jax.Array,
+    *,
+    row_mask: jax.Array | None = None,
+    std_ddof: int = 1,
+    eps: float = 1e-6,
+) -> jax.Array:
+    """``[B]`` advantages ``(r - mean_B) / (std_B + eps)`` over the valid rows of the batch."""
+    cfg = AdvantageConfig(estimator="batch_norm", std_ddof=std_ddof, eps=eps)
+    group_ids = jnp.zeros(rewards.shape, jnp.int32)
+    return compute_advantages(rewards, group_ids, cfg, num_groups=1, row_mask=row_mask).advantages
+
+
+def constant_groups(
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    *,
+    num_groups: int | None = None,
+    row_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """DAPO dynamic-sampling report.
+
+    Returns:
+      ``(num_constant_groups, nonconstant_row_mask)``: an int32 scalar counting non-empty groups
+      whose rewards are all equal, and a ``[B]`` bool mask of valid rows in the other groups.
+    """
+    valid = _row_mask(rewards, row_mask)
+    stats = group_stats(rewards, group_ids, num_groups=num_groups, row_mask=valid, std_ddof=0)
+    return (
+        jnp.sum(stats.is_constant).astype(jnp.int32),
+        valid & ~stats.is_constant[group_ids.astype(jnp.int32)],
+    )
+
+
+def token_advantages(advantages: jax.Array, loss_mask: jax.Array) -> jax.Array:
+    """Broadcasts ``[B]`` sequence advantages to ``[B, T]`` tokens, zero where ``loss_mask`` is 0.
+
+    Accepts already per-token ``[B, T]`` advantages too (they are only masked).
+    """
+    mask = loss_mask.astype(jnp.float32)
+    advantages = advantages.astype(jnp.float32)
+    if advantages.ndim == 1:
+        advantages = advantages[:, None]
+    return jnp.broadcast_to(advantages, mask.shape) * mask
