@@ -1,0 +1,122 @@
+"""Evaluation on ToolRL-format tasks (the ``rlla_test.parquet`` split, SFT400, generated tasks).
+
+Two scores per task:
+
+* exact match: for a ground truth with ``<tool_call>``, the predicted calls decode and equal the
+  ground-truth calls as a multiset (same names, same ``parameters`` dicts under Python ``==``;
+  order free, as ToolRL's correctness gives full marks to a reordered set). For a response-only
+  ground truth, the prediction makes no call and has a ``<response>``.
+* the ToolRL reward (format + correctness, METHODS.md Sec. 1) and its components, computed by
+  ``toolrl_jax.rewards`` (the training reward itself) when that package provides a host scorer;
+  otherwise the results say ``"reward": null``.
+
+``evaluate_toolrl(predict_fn, tasks)`` returns accuracy, mean reward / components, and one entry
+per task.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Mapping, Sequence
+
+from toolrl_jax.data.task import RESPONSE_RE, ToolTask
+from toolrl_jax.eval.calls import parse_calls
+
+PredictFn = Callable[[Sequence[ToolTask]], Sequence[str]]
+RewardFn = Callable[[Sequence[str], Sequence[str]], Mapping[str, Sequence[float]]]
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return ("__dict__", tuple(sorted((str(k), _freeze(x)) for k, x in v.items())))
+    if isinstance(v, (list, tuple)):
+        return ("__list__", tuple(_freeze(x) for x in v))
+    return v  # scalars hash like they compare (hash(1) == hash(1.0) == hash(True))
+
+
+def _call_key(c: Mapping[str, Any]) -> Any:
+    return (c["name"], _freeze(dict(c["arguments"])))
+
+
+def exact_match(task: ToolTask, completion: str, syntax: str = "auto") -> bool:
+    """ToolRL-test exact match (see module docstring)."""
+    calls = parse_calls(completion, syntax)
+    if not task.ground_truth_calls:
+        return calls == [] and bool(RESPONSE_RE.search(completion or ""))
+    if not calls:
+        return False
+    return Counter(_call_key(c) for c in calls) == Counter(_call_key(c) for c in task.ground_truth_calls)
+
+
+def default_reward_fn() -> RewardFn | None:
+    """The training reward as ``(completions, ground_truths) -> {"reward", "format", "correctness"}``.
+
+    Returns None when ``toolrl_jax.rewards`` offers no host scorer (see module docstring).
+    """
+    try:
+        from toolrl_jax.rewards import toolrl as reward_module  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    for name in ("score_texts", "toolrl_reward_texts", "score_completions"):
+        fn = getattr(reward_module, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def evaluate_toolrl(
+    predict_fn: PredictFn,
+    tasks: Sequence[ToolTask],
+    *,
+    batch_size: int = 16,
+    syntax: str = "auto",
+    reward_fn: RewardFn | None | str = "default",
+    keep_outputs: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Exact match and ToolRL reward of ``predict_fn`` on ToolRL-format tasks.
+
+    Args:
+      predict_fn: batch of ToolTask -> one completion text each.
+      tasks: e.g. ``data.toolrl.load_toolrl(path)`` or ``data.generated.generate_tasks(...)``.
+      reward_fn: ``(completions, ground_truths) -> {"reward": [B], "format": [B],
+        "correctness": [B], ...}``; "default" uses ``toolrl_jax.rewards``; None skips rewards.
+    """
+    if reward_fn == "default":
+        reward_fn = default_reward_fn()
+    entries: list[dict[str, Any]] = []
+    completions: list[str] = []
+    for i in range(0, len(tasks), batch_size):
+        chunk = list(tasks[i : i + batch_size])
+        outs = list(predict_fn(chunk))
+        if len(outs) != len(chunk):
+            raise ValueError(f"predict_fn returned {len(outs)} texts for {len(chunk)} tasks")
+        for task, text in zip(chunk, outs):
+            text = text if isinstance(text, str) else ""
+            completions.append(text)
+            e: dict[str, Any] = {"id": task.id, "exact_match": exact_match(task, text, syntax)}
+            if keep_outputs:
+                e["completion"] = text
+            entries.append(e)
+        if progress is not None:
+            progress(min(i + batch_size, len(tasks)), len(tasks))
+    n = len(entries)
+    result: dict[str, Any] = {
+        "benchmark": "toolrl",
+        "total": n,
+        "exact_match": sum(e["exact_match"] for e in entries) / n if n else 0.0,
+        "reward": None,
+        "entries": entries,
+    }
+    if reward_fn is not None and n:
+        scores = reward_fn(completions, [t.ground_truth for t in tasks])
+        means = {}
+        for key, values in scores.items():
+            vals = [float(v) for v in list(values)]
+            if len(vals) != n:
+                continue
+            means[key] = sum(vals) / n
+            for e, v in zip(entries, vals):
+                e[key] = v
+        result["reward"] = means
+    return result
