@@ -1,0 +1,421 @@
+"""Host side of the ToolRL reward: text -> fixed-shape integer arrays (parse each completion once).
+
+Every value the jitted scorer compares is replaced by a 32-bit id: the BLAKE2b hash of a canonical
+string whose equality is exactly the configured equality:
+
+* ``strict``: Python ``==`` of the decoded JSON (the released code's semantics). Numbers (bool,
+  int, float) compare by exact value, so ``True == 1 == 1.0`` but ``1 != 1.0000001`` and
+  ``10**30 != 1e30``; ``"1" != 1``; lists in order; dicts regardless of key order; every NaN is
+  a fresh id, so NaN never equals anything (as in Python for separately decoded objects).
+* ``lenient``: strings stripped; numeric strings are numbers (``"1" == 1``); ``"true"/"false"``
+  (any case) are booleans; booleans are not numbers; floats compared to 12 significant digits.
+
+Ids are 32-bit, so two *different* canonical values collide with probability 2**-32 per comparison
+(a 5-call sample makes a few hundred comparisons: ~1e-7 per sample; negligible next to sampling
+noise, and a collision can only turn a mismatch into a match).
+
+The regex format check (the four ToolRL patterns, required tags exactly once) and the
+whitespace-word count of ``<think>`` are computed here too and enter as arrays.
+
+Arrays (B = batch, C = ``config.max_calls``, A = ``config.max_args``), see :class:`ToolCallBatch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from toolrl_jax.errors import ConfigError, DataError
+from toolrl_jax.rewards.config import ToolRLRewardConfig
+from toolrl_jax.rewards.parse import MAX_DEPTH, first_tool_call_block, parse_completion
+
+__all__ = [
+    "ToolCallBatch",
+    "EncodedGroundTruth",
+    "canonical",
+    "value_id",
+    "format_ok",
+    "think_word_count",
+    "parse_ground_truth",
+    "encode_batch",
+]
+
+
+class ToolCallBatch(NamedTuple):
+    """Encoded completions and ground truths (a pytree of arrays; jit/vmap friendly).
+
+    Attributes (``[B]`` per sample, ``[B, C]`` per call, ``[B, C, A]`` per argument):
+      format_ok [B] bool: the ToolRL format regex for the ground truth's tag set matched.
+      has_think [B] bool: both ``<think>`` and ``</think>`` occur (length reward precondition).
+      think_words [B] int32: whitespace words of the last ``<think>`` block (released rule).
+      gt_has_call [B] bool: the ground truth contains ``<tool_call>``.
+      pd_has_call_tag [B] bool: the prediction contains ``<tool_call>``.
+      pd_ok [B] bool: the prediction's calls parsed (False -> min correctness).
+      pd_overflow [B] bool: the prediction had more than C calls or A arguments in a call.
+      gt_call_valid, pd_call_valid [B, C] bool: slot holds a call.
+      gt_name, pd_name [B, C] int32: name ids.
+      gt_call, pd_call [B, C] int32: whole-call ids (for exact-match tests).
+      gt_key, gt_val, pd_key, pd_val [B, C, A] int32: argument key and value ids (dict order).
+      gt_arg_valid, pd_arg_valid [B, C, A] bool.
+      pd_bad_params [B, C] bool: (released_quirks) call without an object 'parameters'.
+      pd_unhashable_name [B, C] bool: (released_quirks) name is a list/object.
+    """
+
+    format_ok: Any
+    has_think: Any
+    think_words: Any
+    gt_has_call: Any
+    pd_has_call_tag: Any
+    pd_ok: Any
+    pd_overflow: Any
+    gt_call_valid: Any
+    pd_call_valid: Any
+    gt_name: Any
+    pd_name: Any
+    gt_call: Any
+    pd_call: Any
+    gt_key: Any
+    gt_val: Any
+    gt_arg_valid: Any
+    pd_key: Any
+    pd_val: Any
+    pd_arg_valid: Any
+    pd_bad_params: Any
+    pd_unhashable_name: Any
+
+
+# ------------------------------------------------------------------------ canonical values
+class _TooDeep(Exception):
+    pass
+
+
+_NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _num(v: float | int, lenient: bool, nan_ids) -> str:
+    if isinstance(v, int):
+        return f"n:{v}"
+    if math.isnan(v):
+        return f"nan#{next(nan_ids)}"
+    if math.isinf(v):
+        return "n:inf" if v > 0 else "n:-inf"
+    if lenient:
+        v = float(f"{v:.12g}")
+    if v.is_integer():
+        return f"n:{int(v)}"
+    return f"f:{v!r}"
+
+
+def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
+    if depth > MAX_DEPTH:
+        raise _TooDeep
+    if v is None:
+        return "N"
+    if isinstance(v, bool):
+        if lenient:
+            return "b:true" if v else "b:false"
+        return f"n:{int(v)}"
+    if isinstance(v, (int, float)):
+        return _num(v, lenient, nan_ids)
+    if isinstance(v, str):
+        if lenient:
+            t = v.strip()
+            if len(t) <= 64 and _NUMERIC.fullmatch(t):
+                try:
+                    x = float(t)
+                    if "." not in t and "e" not in t.lower():
+                        return _num(int(t), lenient, nan_ids)
+                    return _num(x, lenient, nan_ids)
+                except (ValueError, OverflowError):
+                    pass
+            if t.lower() in ("true", "false"):
+                return f"b:{t.lower()}"
+            return "s:" + json.dumps(t)
+        return "s:" + json.dumps(v)
+    if isinstance(v, complex):
+        if v.imag == 0:
+            return _num(v.real, lenient, nan_ids)
+        return f"c:{v!r}"
+    if isinstance(v, list):
+        return "[" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + "]"
+    if isinstance(v, tuple):
+        return "(" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + ")"
+    if isinstance(v, dict):
+        items = sorted(_canon(k, lenient, nan_ids, depth + 1) + ":" + _canon(x, lenient, nan_ids, depth + 1)
+                       for k, x in v.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(v, (set, frozenset)):
+        return "set{" + ",".join(sorted(_canon(x, lenient, nan_ids, depth + 1) for x in v)) + "}"
+    if isinstance(v, bytes):
+        return f"y:{v!r}"
+    return f"o:{type(v).__name__}#{next(nan_ids)}"  # unknown types never compare equal
+
+
+def canonical(value: Any, equality: str = "strict", *, _nan_ids=None) -> str:
+    """Canonical string of a decoded value: equal strings <=> equal values under ``equality``.
+
+    Raises ``ValueError`` for nesting deeper than ``parse.MAX_DEPTH``.
+    """
+    nan_ids = _nan_ids if _nan_ids is not None else itertools.count()
+    try:
+        return _canon(value, equality == "lenient", nan_ids, 0)
+    except (_TooDeep, RecursionError):
+        raise ValueError(f"value nested deeper than {MAX_DEPTH}") from None
+
+
+def _hash32(s: str) -> int:
+    digest = hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def value_id(value: Any, equality: str = "strict", *, _nan_ids=None) -> int:
+    """32-bit id of ``canonical(value, equality)`` (int32 range)."""
+    return _hash32(canonical(value, equality, _nan_ids=_nan_ids))
+
+
+# ------------------------------------------------------------------------ format / length
+_PATTERNS = {
+    "response": re.compile(r"^<think>.*?</think>\n<response>.*?</response>$", re.DOTALL),
+    "tool_call": re.compile(r"^<think>.*?</think>\n<tool_call>\n.*?\n</tool_call>$", re.DOTALL),
+    "both": re.compile(
+        r"^<think>.*?</think>\n<tool_call>\n.*?\n</tool_call>\n<response>.*?</response>$", re.DOTALL),
+    "neither": re.compile(r"^<think>.*?</think>$", re.DOTALL),
+}
+_REQUIRED_ONCE = {
+    "response": ("<response>", "</response>"),
+    "tool_call": ("<tool_call>", "</tool_call>"),
+    "both": ("<tool_call>", "</tool_call>", "<response>", "</response>"),
+    "neither": (),
+}
+
+
+def _gt_kind(ground_truth: str) -> str:
+    has_r, has_t = "<response>" in ground_truth, "<tool_call>" in ground_truth
+    if has_r and not has_t:
+        return "response"
+    if has_t and not has_r:
+        return "tool_call"
+    return "both" if has_t else "neither"
+
+
+def format_ok(text: str, ground_truth: str) -> bool:
+    """ToolRL format reward test on the *stripped* assistant text.
+
+    The pattern depends on the tags of the ground truth (response only / tool_call only / both /
+    neither) and each required tag must occur exactly once. The tag counts are checked first;
+    with each required tag unique, the lazy DOTALL patterns match in linear time.
+    """
+    kind = _gt_kind(ground_truth)
+    if any(text.count(tag) != 1 for tag in _REQUIRED_ONCE[kind]):
+        return False
+    return _PATTERNS[kind].search(text) is not None
+
+
+def think_word_count(text: str) -> tuple[bool, int]:
+    """(has both think tags, whitespace words of ``text.split("<think>")[-1].split("</think>")[0]``)."""
+    if "<think>" not in text or "</think>" not in text:
+        return False, 0
+    seg = text[text.rfind("<think>") + len("<think>"):]
+    cut = seg.find("</think>")
+    if cut >= 0:
+        seg = seg[:cut]
+    return True, len(seg.split())
+
+
+# ------------------------------------------------------------------------ calls
+class _Call(NamedTuple):
+    name_id: int
+    call_id: int
+    keys: tuple[int, ...]
+    vals: tuple[int, ...]
+    bad_params: bool
+    unhashable_name: bool
+
+
+class EncodedGroundTruth(NamedTuple):
+    """A parsed ground truth: whether it has calls and the encoded calls."""
+
+    has_call: bool
+    calls: tuple[_Call, ...]
+
+
+def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> _Call:
+    bad = not isinstance(params, dict)
+    try:
+        hash(name)
+        unhashable = False
+    except TypeError:
+        unhashable = True
+    keys: tuple[int, ...] = ()
+    vals: tuple[int, ...] = ()
+    if not bad:
+        keys = tuple(value_id(k, equality, _nan_ids=nan_ids) for k in params)
+        vals = tuple(value_id(v, equality, _nan_ids=nan_ids) for v in params.values())
+    return _Call(value_id(name, equality, _nan_ids=nan_ids), value_id(whole, equality, _nan_ids=nan_ids),
+                 keys, vals, bad, unhashable)
+
+
+def _json_lines(block: str) -> list | None:
+    try:
+        return [json.loads(line) for line in block.strip().split("\n")]
+    except (ValueError, RecursionError, MemoryError):
+        return None
+
+
+def parse_ground_truth(ground_truth: str, config: ToolRLRewardConfig, *, _nan_ids=None) -> EncodedGroundTruth:
+    """Encode a ToolRL target text. Raises DataError when its ``<tool_call>`` block is unreadable.
+
+    The block is read by the released rule (first ``<tool_call>``); when that fails (e.g. the
+    ``<think>`` text mentions the tag, where the released code would crash) the last block is used.
+    """
+    if not isinstance(ground_truth, str):
+        raise DataError(f"ground_truth must be a string, got {type(ground_truth).__name__}")
+    nan_ids = _nan_ids if _nan_ids is not None else itertools.count()
+    if "<tool_call>" not in ground_truth:
+        return EncodedGroundTruth(False, ())
+    raw = None
+    block = first_tool_call_block(ground_truth)
+    if block is not None:
+        raw = _json_lines(block)
+    if raw is None:
+        i = ground_truth.rfind("<tool_call>")
+        j = ground_truth.find("</tool_call>", i)
+        if j > i:
+            raw = _json_lines(ground_truth[i + len("<tool_call>"): j])
+    if raw is None:
+        raise DataError("ground truth <tool_call> block is not JSON Lines of {\"name\", \"parameters\"} objects")
+    calls = []
+    for k, obj in enumerate(raw, 1):
+        if not isinstance(obj, dict) or "name" not in obj or not isinstance(obj.get("parameters"), dict):
+            raise DataError(f"ground truth call {k} needs 'name' and an object 'parameters'")
+        whole = obj if config.released_quirks else {"name": obj["name"], "parameters": obj["parameters"]}
+        try:
+            calls.append(_encode_call(obj["name"], obj["parameters"], whole, config.equality, nan_ids))
+        except ValueError as e:
+            raise DataError(f"ground truth call {k}: {e}") from None
+    return EncodedGroundTruth(True, tuple(calls))
+
+
+def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids) -> tuple[bool, tuple[_Call, ...], str]:
+    """(ok, calls, reason) for a stripped completion text."""
+    if len(text) > config.max_chars:
+        return False, (), f"completion longer than max_chars={config.max_chars}"
+    if config.released_quirks:
+        block = first_tool_call_block(text)
+        if block is None:
+            return False, (), "missing <tool_call> or </tool_call>"
+        raw = _json_lines(block)
+        if raw is None:
+            return False, (), "a <tool_call> line is not JSON"
+        calls = []
+        for k, obj in enumerate(raw, 1):
+            if not isinstance(obj, dict) or "name" not in obj:
+                return False, (), f"call {k} is not an object with 'name'"
+            try:
+                calls.append(_encode_call(obj["name"], obj.get("parameters"), obj, config.equality, nan_ids))
+            except ValueError as e:
+                return False, (), f"call {k}: {e}"
+        return True, tuple(calls), ""
+    parsed = parse_completion(text, config.syntax, max_chars=config.max_chars)
+    if not parsed.has_tool_call:
+        return False, (), "no <tool_call>"
+    if not parsed.ok:
+        return False, (), parsed.reason
+    calls = []
+    for k, c in enumerate(parsed.tool_calls, 1):
+        try:
+            calls.append(_encode_call(c.name, c.arguments, {"name": c.name, "parameters": c.arguments},
+                                      config.equality, nan_ids))
+        except ValueError as e:
+            return False, (), f"call {k}: {e}"
+    return True, tuple(calls), ""
+
+
+def _fill(calls: Sequence[_Call], C: int, A: int, out: dict, side: str, b: int) -> None:
+    for c, call in enumerate(calls[:C]):
+        out[f"{side}_call_valid"][b, c] = True
+        out[f"{side}_name"][b, c] = call.name_id
+        out[f"{side}_call"][b, c] = call.call_id
+        n = min(len(call.keys), A)
+        out[f"{side}_key"][b, c, :n] = call.keys[:n]
+        out[f"{side}_val"][b, c, :n] = call.vals[:n]
+        out[f"{side}_arg_valid"][b, c, :n] = True
+        if side == "pd":
+            out["pd_bad_params"][b, c] = call.bad_params
+            out["pd_unhashable_name"][b, c] = call.unhashable_name
+
+
+def encode_batch(
+    completions: Sequence[str],
+    ground_truths: Sequence[str],
+    config: ToolRLRewardConfig,
+    *,
+    return_reasons: bool = False,
+):
+    """Encode B (completion, ground truth) pairs into a :class:`ToolCallBatch` of numpy arrays.
+
+    Args:
+      completions: assistant texts (stripped here, as the released code strips them).
+      ground_truths: ToolRL target texts (each distinct text is parsed once per call).
+      config: shapes (max_calls, max_args), equality, syntax, released_quirks.
+      return_reasons: also return a list of per-sample parse-failure reasons ('' when fine).
+
+    Raises:
+      DataError: a ground truth is unreadable, or the two lists differ in length.
+      ConfigError: a ground truth has more calls / arguments than max_calls / max_args.
+    """
+    if len(completions) != len(ground_truths):
+        raise DataError(f"{len(completions)} completions but {len(ground_truths)} ground truths")
+    B, C, A = len(completions), config.max_calls, config.max_args
+    out = {
+        "format_ok": np.zeros(B, bool), "has_think": np.zeros(B, bool),
+        "think_words": np.zeros(B, np.int32), "gt_has_call": np.zeros(B, bool),
+        "pd_has_call_tag": np.zeros(B, bool), "pd_ok": np.zeros(B, bool),
+        "pd_overflow": np.zeros(B, bool),
+    }
+    for side in ("gt", "pd"):
+        out[f"{side}_call_valid"] = np.zeros((B, C), bool)
+        out[f"{side}_name"] = np.zeros((B, C), np.int32)
+        out[f"{side}_call"] = np.zeros((B, C), np.int32)
+        out[f"{side}_key"] = np.zeros((B, C, A), np.int32)
+        out[f"{side}_val"] = np.zeros((B, C, A), np.int32)
+        out[f"{side}_arg_valid"] = np.zeros((B, C, A), bool)
+    out["pd_bad_params"] = np.zeros((B, C), bool)
+    out["pd_unhashable_name"] = np.zeros((B, C), bool)
+    reasons = [""] * B
+    gt_cache: dict[str, EncodedGroundTruth] = {}
+    nan_ids = itertools.count()
+    for b, (text, gt) in enumerate(zip(completions, ground_truths)):
+        if not isinstance(gt, str):
+            raise DataError(f"sample {b}: ground_truth must be a string")
+        if gt not in gt_cache:
+            gt_cache[gt] = parse_ground_truth(gt, config, _nan_ids=nan_ids)
+        egt = gt_cache[gt]
+        if len(egt.calls) > C or any(len(c.keys) > A for c in egt.calls):
+            raise ConfigError(f"sample {b}: ground truth has {len(egt.calls)} calls / "
+                              f"{max((len(c.keys) for c in egt.calls), default=0)} arguments, more than "
+                              f"max_calls={C} / max_args={A}; raise them in the reward config")
+        text = text.strip() if isinstance(text, str) else ""
+        out["format_ok"][b] = format_ok(text, gt)
+        out["has_think"][b], out["think_words"][b] = think_word_count(text)
+        out["gt_has_call"][b] = egt.has_call
+        out["pd_has_call_tag"][b] = "<tool_call>" in text
+        _fill(egt.calls, C, A, out, "gt", b)
+        if not egt.has_call:
+            continue  # correctness does not read the prediction's calls
+        ok, calls, reason = _encode_prediction(text, config, nan_ids)
+        if ok and (len(calls) > C or any(len(c.keys) > A for c in calls)):
+            out["pd_overflow"][b] = True
+            reason = f"prediction has more than max_calls={C} calls or max_args={A} arguments"
+        out["pd_ok"][b] = ok
+        reasons[b] = reason
+        if ok:
+            _fill(calls, C, A, out, "pd", b)
+    batch = ToolCallBatch(**out)
+    return (batch, reasons) if return_reasons else batch
