@@ -166,7 +166,10 @@ def param_partition_specs(
 def _norm_path(path: Sequence[Any]) -> tuple:
     out = []
     for k in path:
-        k = getattr(k, "key", getattr(k, "idx", k))
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                k = getattr(k, attr)
+                break
         out.append(int(k) if isinstance(k, (int, np.integer)) else k)
     return tuple(out)
 
