@@ -264,6 +264,10 @@ class ChatTemplate:
         """Assistant header that starts a generated turn."""
         raise NotImplementedError
 
+    def message_header_text(self, role: str) -> str:
+        """Header that opens a message of `role` (before its content)."""
+        raise NotImplementedError
+
     @property
     def end_of_turn_tokens(self) -> tuple[str, ...]:
         """Token strings that end an assistant turn; the first closes turns we close ourselves."""
@@ -336,6 +340,10 @@ class ChatTemplate:
         """Ids of the assistant header that starts a generated turn."""
         return encode_text(tokenizer, self.generation_prompt_text())
 
+    def assistant_header_ids(self, tokenizer) -> list[int]:
+        """Ids of an assistant message header (the generation prompt without any prefix)."""
+        return encode_text(tokenizer, self.message_header_text("assistant"))
+
     def end_of_turn_ids(self, tokenizer) -> tuple[int, ...]:
         """Ids that end an assistant turn, the primary one first (use all as stop ids)."""
         ids = []
@@ -400,7 +408,7 @@ class ChatMLTemplate(ChatTemplate):
                 name, arguments = tool_call_name_and_arguments(call)
                 parts.append(format_tool_call(name, arguments))
             content = "".join(parts)
-        return f"<|im_start|>{role}\n{content}<|im_end|>\n"
+        return f"{self.message_header_text(role)}{content}<|im_end|>\n"
 
     def tool_results_text(self, results: Sequence[str]) -> str:
         if self.tool_format == "hermes":
@@ -410,7 +418,10 @@ class ChatMLTemplate(ChatTemplate):
         return "".join(f"<|im_start|>tool\n{r}<|im_end|>\n" for r in results)
 
     def generation_prompt_text(self) -> str:
-        return "<|im_start|>assistant\n" + self.generation_prefix
+        return self.message_header_text("assistant") + self.generation_prefix
+
+    def message_header_text(self, role: str) -> str:
+        return f"<|im_start|>{role}\n"
 
     @property
     def end_of_turn_tokens(self) -> tuple[str, ...]:
@@ -472,7 +483,10 @@ class Llama3Template(ChatTemplate):
         )
 
     def generation_prompt_text(self) -> str:
-        return "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        return self.message_header_text("assistant")
+
+    def message_header_text(self, role: str) -> str:
+        return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
 
     @property
     def end_of_turn_tokens(self) -> tuple[str, ...]:
@@ -537,6 +551,9 @@ class HFChatTemplate(ChatTemplate):
 
     def generation_prompt(self, tokenizer) -> list[int]:
         return self._difference(tokenizer, [], add_generation_prompt=True)
+
+    def assistant_header_ids(self, tokenizer) -> list[int]:
+        return self.generation_prompt(tokenizer)
 
     def end_of_turn_ids(self, tokenizer) -> tuple[int, ...]:
         if tokenizer.eos_token_id is None:

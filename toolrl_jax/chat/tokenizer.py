@@ -27,16 +27,20 @@ import logging
 import os
 import pathlib
 import struct
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from toolrl_jax.errors import ModelLoadError
+from toolrl_jax.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_STOP_CONTEXTS",
     "find_test_tokenizer",
     "load_tokenizer",
     "read_gguf_metadata",
+    "stop_sequence_variants",
+    "stop_sequences_to_ids",
     "tokenizer_from_gguf",
 ]
 
@@ -60,7 +64,7 @@ def load_tokenizer(source: str | os.PathLike[str]):
     Raises:
       ModelLoadError: the path does not exist or holds no tokenizer.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path = pathlib.Path(source).expanduser()
     if not path.exists():
@@ -76,6 +80,8 @@ def load_tokenizer(source: str | os.PathLike[str]):
             )
         tokenizer = tokenizer_from_gguf(path)
     elif (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:  # transformers raises many types here
@@ -96,6 +102,8 @@ def load_tokenizer(source: str | os.PathLike[str]):
             f"{str(path)!r} loaded as a slow tokenizer ({type(tokenizer).__name__}); "
             "toolrl-jax needs a tokenizer.json (fast tokenizer)"
         )
+    # Clean-up of spaces before punctuation is for WordPiece; on byte-level BPE it corrupts text.
+    tokenizer.clean_up_tokenization_spaces = False
     _attach_missing_chat_template(tokenizer)
     return tokenizer
 
@@ -281,7 +289,7 @@ def tokenizer_from_gguf(path: str | os.PathLike[str]):
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers import processors
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path = pathlib.Path(path)
     meta = read_gguf_metadata(path)
@@ -289,6 +297,8 @@ def tokenizer_from_gguf(path: str | os.PathLike[str]):
     pre = meta.get("tokenizer.ggml.pre", "default")
     if model_type != "gpt2" or pre not in _GGUF_PRE_SPLITS:
         logger.info("GGUF tokenizer %s/%s: using transformers' converter", model_type, pre)
+        from transformers import AutoTokenizer
+
         try:
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         except Exception as exc:
@@ -340,3 +350,58 @@ def tokenizer_from_gguf(path: str | os.PathLike[str]):
     if meta.get("tokenizer.chat_template"):
         kwargs["chat_template"] = meta["tokenizer.chat_template"]
     return PreTrainedTokenizerFast(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------
+# Stop sequences
+# --------------------------------------------------------------------------------------------
+
+# Left contexts in which stop strings commonly appear in generations: after nothing, a space
+# (ToolRL's "... </response>"), a newline ("}\n</tool_call>"), JSON/code closers, a letter.
+DEFAULT_STOP_CONTEXTS: tuple[str, ...] = (
+    "", " ", "\n", "\n\n", "a", ".", "!", "?", ":", "`", "```", '"', "'", ")", "]", "}", '"}',
+    "]}", "}}", '"}}', "}\n", "}}\n", ">",
+)
+
+
+def stop_sequences_to_ids(tokenizer, strings: Sequence[str]) -> list[list[int]]:
+    """Canonical token ids of each stop string, tokenized on its own (no BOS/EOS).
+
+    A string can tokenize differently in context: BPE pre-tokenizers attach a leading space or
+    punctuation to the next piece, so `"</response>"` after `" "` becomes `Ġ</, response, >`
+    in Qwen/Llama/SmolLM2 vocabularies, not `</, response, >`; after a newline (`"}\n</tool_call>"`)
+    the canonical ids do appear. Where the string is one added token (Qwen's `</tool_call>`)
+    there is no ambiguity. For stop matching on ids, add `stop_sequence_variants`, or match
+    decoded text of the turn's tail on the host.
+    """
+    out = []
+    for s in strings:
+        ids = list(tokenizer.encode(s, add_special_tokens=False))
+        if not ids:
+            raise ConfigError(f"stop sequence {s!r} tokenizes to no ids; remove it")
+        out.append(ids)
+    return out
+
+
+def stop_sequence_variants(
+    tokenizer, string: str, contexts: Sequence[str] = DEFAULT_STOP_CONTEXTS
+) -> list[list[int]]:
+    """Distinct id sequences that end a text ending in `string`, one per tokenization found.
+
+    For each left context `c`, tokenize `c + string` and keep the shortest suffix of ids whose
+    decoded text ends with `string` (its first token may carry part of `c`, e.g. `Ġ</`). When
+    the tail of a generated turn equals any returned sequence, the turn's text ends with
+    `string` (no false positives); the canonical tokenization comes first.
+    """
+    if not string:
+        raise ConfigError("stop sequence is empty; remove it")
+    variants: list[list[int]] = []
+    for context in ("", *contexts):
+        ids = list(tokenizer.encode(context + string, add_special_tokens=False))
+        for start in range(len(ids) - 1, -1, -1):
+            if tokenizer.decode(ids[start:], clean_up_tokenization_spaces=False).endswith(string):
+                suffix = ids[start:]
+                if suffix not in variants:
+                    variants.append(suffix)
+                break
+    return variants
