@@ -432,12 +432,20 @@ def _remove_files_owned_by(uid: int) -> None:
 
 
 def _remove_tree(path: str) -> None:
-    def make_writable_and_retry(function, failed_path, _exc_info):
+    """rmtree that never touches anything outside `path` (and never follows symlinks)."""
+    root = os.path.abspath(path)
+
+    def retry_writable(function, failed_path, exc_info):
+        if isinstance(exc_info[1], FileNotFoundError):
+            return
+        parent = os.path.dirname(failed_path)
+        if not (parent == root or parent.startswith(root + os.sep)) or os.path.islink(parent):
+            return
         with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed_path), 0o700)
+            os.chmod(parent, 0o700)
             function(failed_path)
 
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+    shutil.rmtree(path, onerror=retry_writable)
 
 
 def _close_quietly(fd: int) -> None:

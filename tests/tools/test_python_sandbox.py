@@ -1,0 +1,242 @@
+"""The Python sandbox against hostile programs.
+
+Every program runs once, concurrently with the others (threads), in a module-scoped fixture; each
+test then checks one program's status, its wall time (deadline + 1 s at most) and its effects.
+The last test proves that no process of any run survived.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import time
+import uuid
+
+import pytest
+
+from toolrl_jax.tools import ToolCall, ToolExecutor
+from toolrl_jax.tools import python_sandbox as sandbox
+
+UID_MODE = sandbox.sandbox_mode() == "uid"
+SECRET_NAME = "TOOLRL_TEST_FAKE_SECRET"
+SECRET_VALUE = "hunter2-" + uuid.uuid4().hex
+TAG = uuid.uuid4().hex[:12]  # names files and sleep durations of this test session
+SLEEP_MARK = "987.%d" % (int(TAG[:6], 16) % 1000)  # `sleep 987.xyz`: findable in /proc
+OUTSIDE_FILES = [f"/etc/toolrl_probe_{TAG}", str(pathlib.Path(__file__).parent / f"probe_{TAG}"),
+                 f"/root/toolrl_probe_{TAG}"]
+TMP_LITTER = f"/tmp/toolrl_litter_{TAG}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    code: str
+    status: str
+    timeout_s: float = 2.0
+    kwargs: tuple = ()
+    uid_mode_only: bool = False
+
+
+CASES = {
+    "infinite_loop": Case("while True:\n    pass\n", "timeout"),
+    "ignores_sigterm": Case(
+        "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n", "timeout"),
+    "fork_bomb": Case(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        "timeout"),
+    "memory_bomb": Case("chunks = []\nwhile True:\n    chunks.append(b'x' * 10_000_000)\n", "memory",
+                        timeout_s=10.0),
+    "forked_memory_bomb": Case(  # each process fits its limit, together they do not
+        "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n"
+        "        block = b'x' * 120_000_000\n        time.sleep(30)\n"
+        "time.sleep(30)\n", "memory", timeout_s=10.0, kwargs=(("memory_mb", 200),)),
+    "huge_stdout": Case("while True:\n    print('x' * 1000)\n", "output_limit"),
+    "huge_stderr": Case("import sys\nwhile True:\n    sys.stderr.write('y' * 1000)\n",
+                        "output_limit"),
+    "one_huge_write": Case("import sys\nsys.stdout.write('z' * 10_000_000)\n", "output_limit",
+                           kwargs=(("max_output_bytes", 1000),)),
+    "deep_recursion": Case("def f(n):\n    return f(n + 1)\nf(0)\n", "error"),
+    "unbounded_recursion_crash": Case(
+        "import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return list(map(f, [n + 1]))\n"
+        "f(0)\n",  # recursion through C overflows the C stack: SIGSEGV
+        "error", timeout_s=10.0),
+    "kill_parent": Case("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                        "import time\ntime.sleep(30)\n", "error"),
+    "kill_everything_it_can": Case("import os\nos.kill(-1, 9)\nprint('still here')\n", "ok",
+                                   uid_mode_only=True),  # kill(-1) spares the caller
+    "write_outside": Case(
+        "import os\nfailures = 0\n"
+        f"for path in {['/tmp/../etc/toolrl_probe_' + TAG] + OUTSIDE_FILES[1:]!r}:\n"
+        "    try:\n        open(path, 'w').write('pwned')\n    except OSError:\n"
+        "        failures += 1\nprint(failures)\nraise SystemExit(1 if failures else 0)\n",
+        "error", uid_mode_only=True),
+    "tmp_litter": Case(f"open({TMP_LITTER!r}, 'w').write('x')\nprint('littered')\n", "ok"),
+    "read_environ": Case(
+        "import os\nprint(open('/proc/self/environ').read().replace('\\0', '\\n'))\n"
+        "try:\n    print(open('/proc/%d/environ' % TRAINER).read())\nexcept OSError as exc:\n"
+        "    print('trainer environ:', type(exc).__name__)\n", "ok"),
+    "orphan_sleepers": Case(
+        "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        time.sleep(100)\n"
+        "        os._exit(0)\nprint('parent leaves')\n", "ok"),
+    "detached_subprocess": Case(
+        "import subprocess\n"
+        f"subprocess.Popen(['sleep', '{SLEEP_MARK}'], start_new_session=True,\n"
+        "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint('detached')\n",
+        "ok"),
+    "double_fork_daemon": Case(
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        os.execvp('sleep', ['sleep', " + repr(SLEEP_MARK) + "])\n    os._exit(0)\n"
+        "os.wait()\nprint('daemonized')\n", "ok"),
+    "closed_stdout_loop": Case("import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass\n",
+                               "timeout"),
+    "setsid_loop": Case("import os\nif os.fork() == 0:\n    os.setsid()\n    while True:\n"
+                        "        pass\nos.wait()\n", "timeout"),
+    "huge_file": Case(
+        "import os\ntry:\n    with open('big.bin', 'wb') as f:\n"
+        "        for _ in range(10):\n            f.write(b'0' * 1_000_000)\n"
+        "except OSError as exc:\n    print(exc.errno, os.path.getsize('big.bin'))\n    raise\n",
+        "error", kwargs=(("max_file_bytes", 1_000_000),)),
+    "thread_spawner": Case(
+        "import threading, time\nthreads = []\ntry:\n    while True:\n"
+        "        t = threading.Thread(target=time.sleep, args=(0.5,))\n        t.start()\n"
+        "        threads.append(t)\nexcept RuntimeError:\n    pass\nprint(len(threads))\n",
+        "ok", timeout_s=10.0, kwargs=(("max_processes", 16),)),
+    "cpu_burning_threads": Case(
+        "import threading\ndef burn():\n    while True:\n        pass\n"
+        "for _ in range(4):\n    threading.Thread(target=burn).start()\n", "timeout"),
+    "prints": Case("import os\nprint('hello', 6 * 7)\nprint('uid', os.getuid())\n", "ok",
+                   timeout_s=10.0),
+    "numpy": Case("import numpy as np\nprint(round(float(np.linalg.det(np.array([[2.0, 1.0], "
+                  "[1.0, 3.0]]))), 6))\n", "ok", timeout_s=20.0),
+    "stdin_closed": Case("import sys\nprint(repr(sys.stdin.read()))\ninput()\n", "error",
+                         timeout_s=10.0),
+    "stderr_capture": Case("import sys\nprint('out')\nsys.stderr.write('warning: careful\\n')\n",
+                           "ok", timeout_s=10.0),
+    "syntax_error": Case("def broken(:\n    pass\n", "error", timeout_s=10.0),
+    "exit_code": Case("raise SystemExit(3)\n", "error", timeout_s=10.0),
+    "unicode_and_cwd": Case(
+        "import os\nprint('héllo ✓', os.getcwd() == os.environ['HOME'], sorted(os.listdir('.')))\n",
+        "ok", timeout_s=10.0),
+}
+
+
+@pytest.fixture(scope="module")
+def results():
+    os.environ[SECRET_NAME] = SECRET_VALUE
+    cases = {name: case for name, case in CASES.items() if UID_MODE or not case.uid_mode_only}
+
+    def one(name):
+        case = cases[name]
+        code = case.code.replace("TRAINER", str(os.getpid()))
+        start = time.monotonic()
+        result = sandbox.run(code, timeout_s=case.timeout_s, **dict(case.kwargs))
+        return result, time.monotonic() - start
+
+    modes = {path: os.stat(path).st_mode for path in ("/tmp", "/var/tmp", "/dev/shm")
+             if os.path.isdir(path)}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            done = dict(zip(cases, pool.map(one, cases)))
+    finally:
+        del os.environ[SECRET_NAME]
+    # Clean-up removes what the sandbox left, never the shared directories' permissions.
+    assert {path: os.stat(path).st_mode for path in modes} == modes
+    return done
+
+
+def _result(results, name):
+    if name not in results:
+        pytest.skip("needs the uid mode (tests run as root)")
+    return results[name]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_status_and_deadline(results, name):
+    result, wall = _result(results, name)
+    case = CASES[name]
+    assert result.status == case.status, (name, result)
+    assert wall <= case.timeout_s + 1.0, (name, wall, result)
+    assert result.seconds <= wall
+
+
+def test_outputs_of_hostile_programs(results):
+    stdout = {name: r.stdout for name, (r, _) in results.items()}
+    stderr = {name: r.stderr for name, (r, _) in results.items()}
+    assert "RecursionError" in stderr["deep_recursion"]
+    assert results["unbounded_recursion_crash"][0].exit_code < 0  # died from a signal
+    assert "MemoryError" in stderr["memory_bomb"]
+    assert len(stdout["huge_stdout"].encode()) == 65536
+    assert len(stderr["huge_stderr"].encode()) == 65536
+    assert stdout["one_huge_write"] == "z" * 1000
+    assert stdout["huge_file"] == "27 1000000\n"  # EFBIG, the file stops at RLIMIT_FSIZE
+    assert 0 < int(stdout["thread_spawner"]) < 16
+    assert stdout["orphan_sleepers"] == "parent leaves\n"
+    assert stdout["detached_subprocess"] == "detached\n"
+    assert stdout["double_fork_daemon"] == "daemonized\n"
+    assert stdout["stdin_closed"] == "''\n" and "EOFError" in stderr["stdin_closed"]
+    assert (stdout["stderr_capture"], stderr["stderr_capture"]) == ("out\n", "warning: careful\n")
+    assert "SyntaxError" in stderr["syntax_error"] and 'File "main.py", line 1' in stderr[
+        "syntax_error"]
+    assert results["exit_code"][0].exit_code == 3
+    assert stdout["numpy"] == "5.0\n"
+    assert stdout["unicode_and_cwd"] == "héllo ✓ True ['main.py']\n"
+    assert stdout["prints"].startswith("hello 42\n")
+    for name in ("deep_recursion", "syntax_error", "stdin_closed"):
+        assert "_sandbox_child" not in stderr[name]  # our bootstrap frames are hidden
+
+
+def test_environment_holds_no_secrets(results):
+    result, _ = results["read_environ"]
+    assert SECRET_VALUE not in result.stdout and SECRET_NAME not in result.stdout
+    names = {line.split("=", 1)[0] for line in result.stdout.splitlines() if "=" in line}
+    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "OPENBLAS_NUM_THREADS",
+                     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "TOOLRL_SANDBOX_RUN"}
+    if UID_MODE:
+        assert "trainer environ: PermissionError" in result.stdout
+
+
+@pytest.mark.skipif(not UID_MODE, reason="uid isolation needs root")
+def test_uid_isolation_and_filesystem(results):
+    uid = int(results["prints"][0].stdout.split("uid ")[1])
+    assert uid >= sandbox._uid_base()
+    assert "PermissionError" in results["kill_parent"][0].stderr
+    assert results["write_outside"][0].stdout == f"{len(OUTSIDE_FILES)}\n"
+    for path in OUTSIDE_FILES:
+        assert not os.path.exists(path)
+    assert results["tmp_litter"][0].stdout == "littered\n"
+    assert not os.path.exists(TMP_LITTER)  # files the sandbox uid left in /tmp are removed
+    leftovers = [p for p in os.listdir("/tmp") if p.startswith("toolrl-sandbox-")
+                 and os.stat(os.path.join("/tmp", p)).st_uid >= sandbox._uid_base()]
+    assert leftovers == []
+
+
+def test_python_tool_through_the_executor():
+    tool = sandbox.python_tool(timeout_s=5.0)
+    with ToolExecutor([tool], timeout_s=7.0) as executor:
+        ok, failing = executor.run("t", [
+            ToolCall("python", {"code": "print(sum(range(10)))"}),
+            ToolCall("python", {"code": "import sys\nprint('partial')\nsys.exit('bad input')"}),
+        ])
+    assert ok.ok and ok.text == "45"
+    assert failing.ok and failing.text == "partial\nbad input"  # the tool ran; the code failed
+    assert sandbox.SandboxResult("", "", "timeout", None, 1.0).observation() == (
+        "Error: execution timed out")
+
+
+def test_no_process_survives(results):
+    """Runs after the fixture's programs: nothing of any sandbox run may still be alive."""
+    time.sleep(0.05)
+    alive = sandbox.sandbox_processes()
+    if UID_MODE:
+        for uid in range(sandbox._uid_base(), sandbox._uid_base() + sandbox._UID_COUNT):
+            alive += sandbox.sandbox_processes(uid=uid)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+                state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if SLEEP_MARK.encode() in cmdline and state != "Z":
+                alive.append(int(pid))
+    assert alive == []
