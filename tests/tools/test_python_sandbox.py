@@ -9,6 +9,8 @@ import concurrent.futures
 import dataclasses
 import os
 import pathlib
+import subprocess
+import sys
 import time
 import uuid
 
@@ -223,20 +225,53 @@ def test_python_tool_through_the_executor():
         "Error: execution timed out")
 
 
+def _live_sandbox_processes(started_after_ticks: int = 0) -> list[tuple[int, str]]:
+    """(pid, cmdline) of live processes that belong to a sandbox run: running as a pool uid,
+    started from the sandbox child script, or our `sleep 987.xyz` children."""
+    uid_range = range(sandbox._uid_base(), sandbox._uid_base() + sandbox._UID_COUNT)
+    script = sandbox._CHILD_SCRIPT.encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            status = pathlib.Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        state, start_ticks = stat[0], int(stat[19])
+        uids = {int(u) for u in status.split("Uid:")[1].split("\n")[0].split()}
+        ours = (uids & set(uid_range)) if UID_MODE else False
+        if state not in "ZX" and start_ticks >= started_after_ticks and (
+                ours or script in cmdline or SLEEP_MARK.encode() in cmdline):
+            found.append((int(pid), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    return found
+
+
+def test_trainer_death_takes_the_run_down(tmp_path):
+    """SIGKILL the process that called run(): the reaper gets SIGTERM (PDEATHSIG) and cleans up."""
+    marker = "%d.%s" % (int(TAG[:5], 16), "4321")
+    trainer = subprocess.Popen([
+        sys.executable, "-c",
+        "from toolrl_jax.tools import python_sandbox as ps\n"
+        f"ps.run(\"import os\\nos.execvp('sleep', ['sleep', '{marker}'])\", timeout_s=60)\n"])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                marker in cmd for _, cmd in _live_sandbox_processes()):
+            time.sleep(0.05)
+        assert any(marker in cmd for _, cmd in _live_sandbox_processes()), "program never started"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(marker in c for _, c in _live_sandbox_processes()):
+        time.sleep(0.05)
+    assert not [c for _, c in _live_sandbox_processes() if marker in c]
+
+
 def test_no_process_survives(results):
     """Runs after the fixture's programs: nothing of any sandbox run may still be alive."""
     time.sleep(0.05)
-    alive = sandbox.sandbox_processes()
-    if UID_MODE:
-        for uid in range(sandbox._uid_base(), sandbox._uid_base() + sandbox._UID_COUNT):
-            alive += sandbox.sandbox_processes(uid=uid)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-                state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if SLEEP_MARK.encode() in cmdline and state != "Z":
-                alive.append(int(pid))
-    assert alive == []
+    assert _live_sandbox_processes() == []

@@ -28,6 +28,7 @@ import time
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 POLL_S = 0.05
 
 
@@ -259,6 +260,10 @@ def main():
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     watched = {signal.SIGCHLD, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    # If the trainer dies, SIGTERM us so that nothing of the run outlives it.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != cfg["parent_pid"]:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the prctl: stays pending
     program = os.fork()
     if program == 0:
         _program(cfg)

@@ -137,6 +137,13 @@ def run(
         max_file_bytes: RLIMIT_FSIZE, the largest file the program may write.
         max_open_files: RLIMIT_NOFILE.
     """
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str, got {type(code).__name__}")
+    for field, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
+                         ("max_output_bytes", max_output_bytes), ("max_processes", max_processes),
+                         ("max_file_bytes", max_file_bytes), ("max_open_files", max_open_files)):
+        if not value > 0:
+            raise ValueError(f"{field} must be > 0, got {value}")
     started = time.monotonic()
     deadline = started + float(timeout_s)
     mode = sandbox_mode()
@@ -160,6 +167,7 @@ def run(
         marker = uuid.uuid4().hex
         config = {
             "uid": uid, "gid": uid, "status_fd": status_write, "code_file": code_file,
+            "parent_pid": os.getpid(),
             "cpu_s": int(math.ceil(timeout_s)) + 1,
             "memory_bytes": int(memory_mb) * 1024 * 1024,
             "file_bytes": int(max_file_bytes),
