@@ -1,0 +1,65 @@
+"""``toolrl-jax export``: write a model as a Hugging Face directory (for transformers / vLLM).
+
+Example::
+
+    toolrl-jax export --model smollm2-135m --out exported/smollm2 --dtype bfloat16
+    vllm serve exported/smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="built-in alias (smollm2-135m), HF directory, .gguf file or hub id (default: %(default)s)",
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="bfloat16",
+        help="storage dtype of the safetensors weights (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-shard-gb",
+        type=float,
+        default=2.0,
+        help="split model.safetensors into shards of at most this many GB (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-tokenizer", action="store_true", help="do not write tokenizer files"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolrl_jax.errors import ConfigError, ModelLoadError
+    from toolrl_jax.models.export import export_hf_dir, load_tokenizer_any
+    from toolrl_jax.models.registry import load_model
+
+    if args.max_shard_gb <= 0:
+        raise ConfigError(f"--max-shard-gb={args.max_shard_gb}: use a positive number")
+    loaded = load_model(args.model, param_dtype="float32", dtype="float32")
+    tokenizer = None
+    if not args.no_tokenizer:
+        try:
+            tokenizer = load_tokenizer_any(loaded.source.tokenizer_source)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{e} (pass --no-tokenizer to export the weights only)") from e
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    out = export_hf_dir(
+        loaded.model,
+        loaded.config,
+        pathlib.Path(args.out),
+        tokenizer=tokenizer,
+        dtype=args.dtype,
+        max_shard_bytes=int(args.max_shard_gb * 1024**3),
+        pad_token_id=pad,
+    )
+    files = sorted(p.name for p in out.iterdir())
+    print(f"exported {loaded.source.name} ({loaded.config.architecture}, {args.dtype}) to {out}: {', '.join(files)}")
+    return 0
