@@ -1,6 +1,6 @@
 """Process-side half of `toolrl_jax.tools.python_sandbox` (run as a script, stdlib only).
 
-    python -I -X utf8 _sandbox_child.py '<json config>'
+    python -I -S -X utf8 _sandbox_child.py key=value ...   (see `_parse_config`)
 
 This process is the *reaper*: the direct child of the trainer, leader of its own session. It
 
@@ -18,7 +18,6 @@ program (`os.kill(os.getppid(), 9)` fails with EPERM).
 """
 
 import ctypes
-import json
 import os
 import resource
 import signal
@@ -30,6 +29,20 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.05
+
+
+_INT_KEYS = ("uid", "gid", "status_fd", "parent_pid", "cpu_s", "memory_bytes", "file_bytes",
+             "max_processes", "max_open_files")
+
+
+def _parse_config(argv):
+    """key=value arguments -> dict (ints; 'none' -> None; site_dirs split on os.pathsep).
+    No json: importing it (and re) costs ~15 ms of every run's start-up."""
+    cfg = dict(arg.split("=", 1) for arg in argv)
+    for key in _INT_KEYS:
+        cfg[key] = None if cfg[key] == "none" else int(cfg[key])
+    cfg["site_dirs"] = [p for p in cfg["site_dirs"].split(os.pathsep) if p]
+    return cfg
 
 
 def _prctl(option, value):
@@ -225,6 +238,20 @@ def _reap_ready():
         reaped.append((pid, status))
 
 
+def _kill_uid(uid):
+    """SIGKILLs every process of `uid` (one kill(-1) from a forked child running as `uid`)."""
+    killer = os.fork()
+    if killer == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(killer, 0)
+
+
 def _kill_everything(program_pgid, uid):
     """SIGKILLs all descendants and reaps them until this process has no children left."""
     for _ in range(2000):
@@ -233,14 +260,7 @@ def _kill_everything(program_pgid, uid):
         except OSError:
             pass
         if uid is not None:  # everything running as the sandbox uid, wherever it moved to
-            killer = os.fork()
-            if killer == 0:
-                try:
-                    os.setresgid(uid, uid, uid)
-                    os.setresuid(uid, uid, uid)
-                    os.kill(-1, signal.SIGKILL)
-                finally:
-                    os._exit(0)
+            _kill_uid(uid)
         for pid in _children():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -255,8 +275,10 @@ def _kill_everything(program_pgid, uid):
 
 
 def main():
-    cfg = json.loads(sys.argv[1])
+    cfg = _parse_config(sys.argv[1:])
     status_fd = cfg["status_fd"]
+    # Started with -S (site.py and .pth files cost 50-150 ms): add the trainer's site-packages.
+    sys.path.extend(p for p in cfg["site_dirs"] if p not in sys.path)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     watched = {signal.SIGCHLD, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
@@ -264,6 +286,8 @@ def main():
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != cfg["parent_pid"]:
         os.kill(os.getpid(), signal.SIGTERM)  # it died before the prctl: stays pending
+    if cfg["uid"] is not None:
+        _kill_uid(cfg["uid"])  # leftovers of a run whose reaper and trainer both died
     program = os.fork()
     if program == 0:
         _program(cfg)
@@ -272,7 +296,7 @@ def main():
     except OSError:
         pass
 
-    report = {"reason": "exit", "exit_code": None, "signal": None}
+    report = {"reason": "exit", "exit_code": None, "signal": None, "clean": False}
     while report["exit_code"] is None and report["signal"] is None:
         info = signal.sigtimedwait(watched, POLL_S)
         if info is not None and info.si_signo == signal.SIGTERM:
@@ -291,7 +315,13 @@ def main():
             report["reason"] = "memory"
             break
     report["clean"] = _kill_everything(program, cfg["uid"])
-    os.write(status_fd, (json.dumps(report) + "\n").encode())
+    def as_json(value):
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        return '"%s"' % value if isinstance(value, str) else str(value)
+
+    line = "{%s}\n" % ", ".join('"%s": %s' % (k, as_json(v)) for k, v in report.items())
+    os.write(status_fd, line.encode())
     os._exit(0)
 
 

@@ -48,6 +48,7 @@ import re
 import selectors
 import shutil
 import signal
+import site
 import stat
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def run(
         config = {
             "uid": uid, "gid": uid, "status_fd": status_write, "code_file": code_file,
             "parent_pid": os.getpid(),
+            "site_dirs": [p for p in site.getsitepackages() if os.path.isdir(p)],
             "cpu_s": int(math.ceil(timeout_s)) + 1,
             "memory_bytes": int(memory_mb) * 1024 * 1024,
             "file_bytes": int(max_file_bytes),
@@ -184,7 +186,7 @@ def run(
         }
         try:
             reaper = subprocess.Popen(
-                [sys.executable, "-I", "-X", "utf8", _CHILD_SCRIPT, json.dumps(config)],
+                [sys.executable, "-I", "-S", "-X", "utf8", _CHILD_SCRIPT, *_config_args(config)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=workdir, env=env, start_new_session=True, close_fds=True,
                 pass_fds=(status_write,))
@@ -193,14 +195,27 @@ def run(
                                  time.monotonic() - started)
         finally:
             os.close(status_write)
-        cleanup.callback(_force_cleanup, reaper, uid, marker)
         stdout, stderr, killed_for = _collect(reaper, deadline, max_output_bytes, status_read)
         report = _read_report(status_read)
+        if not (report and report.get("clean") and reaper.poll() is not None):
+            _force_cleanup(reaper, uid, marker)
+        for stream in (reaper.stdout, reaper.stderr):
+            stream.close()
 
     seconds = time.monotonic() - started
     out = bytes(stdout[:max_output_bytes]).decode("utf-8", errors="replace")
     err = bytes(stderr[:max_output_bytes]).decode("utf-8", errors="replace")
     return _decide(out, err, killed_for, report, reaper.returncode, seconds)
+
+
+def _config_args(config: dict) -> list[str]:
+    """The reaper's argv (key=value; see _sandbox_child._parse_config)."""
+    def text(value):
+        if value is None:
+            return "none"
+        return os.pathsep.join(value) if isinstance(value, list) else str(value)
+
+    return [f"{key}={text(value)}" for key, value in config.items()]
 
 
 def _decide(out: str, err: str, killed_for: str | None, report: dict | None,
@@ -316,9 +331,6 @@ def _force_cleanup(reaper: subprocess.Popen, uid: int | None, marker: str) -> No
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.005)
-    for stream in (reaper.stdout, reaper.stderr):
-        with contextlib.suppress(OSError):
-            stream.close()
     with contextlib.suppress(subprocess.TimeoutExpired):
         reaper.wait(timeout=1.0)
 
@@ -408,10 +420,7 @@ def _uid_slot(deadline: float) -> Iterator[int]:
                     continue
                 raise
             try:
-                if sandbox_processes(uid=uid):  # a crashed previous holder left something
-                    _kill_uid(uid)
-                    _remove_files_owned_by(uid)
-                yield uid
+                yield uid  # (the reaper kills leftovers of the uid before it starts the program)
             finally:
                 os.close(fd)
             return
