@@ -34,9 +34,9 @@ def test_apibank_ground_truth_is_100_percent(shared_data):
 def test_apibank_perturbed_scores_lower(shared_data):
     def perturb_every_other(tasks):
         outs = []
-        for i, t in enumerate(tasks):
+        for t in tasks:
             calls = copy.deepcopy(t.ground_truth_calls)
-            if i % 2:
+            if t.meta["index"] % 2:  # the case's index in its file
                 k = sorted(calls[0]["arguments"])[0] if calls[0]["arguments"] else None
                 if k is None:
                     calls[0]["name"] += "X"
@@ -46,7 +46,7 @@ def test_apibank_perturbed_scores_lower(shared_data):
         return outs
 
     r = evaluate_apibank(perturb_every_other, _files(shared_data), limit=40, batch_size=7)
-    # hand count: per file, the first 40 cases with every odd one (by global index) wrong
+    # hand count: per file, the first 40 cases with every odd-indexed one wrong
     assert r["overall"]["total"] == 80 and r["overall"]["correct"] == 40
     none = evaluate_apibank(lambda ts: ["<think> a </think>\n<response> b </response>"] * len(ts), _files(shared_data), limit=10)
     assert none["overall"]["correct"] == 0 and {e["error_type"] for e in none["entries"]} == {"no_call"}
