@@ -65,6 +65,7 @@ def test_ok_and_error_kinds_become_text():
         None, None, "exception", "unknown_tool", "bad_arguments", "bad_arguments",
         "bad_arguments", "bad_arguments", "unknown_tool"]
     assert results[0].text == "abab" and results[1].text == "x"
+    assert results[0].as_message() == {"role": "tool", "name": "echo", "content": "abab"}
     assert results[2].text == "Error: tool 'explode' raised ValueError: boom"
     assert results[3].text == "Error: unknown tool 'nope'. Available tools: echo, explode."
     assert results[4].text == ("Error: invalid arguments for tool 'echo': argument 'text' must be "

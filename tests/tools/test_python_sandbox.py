@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -136,6 +137,7 @@ def results():
 
     modes = {path: os.stat(path).st_mode for path in ("/tmp", "/var/tmp", "/dev/shm")
              if os.path.isdir(path)}
+    workdirs_before = _workdirs()
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             done = dict(zip(cases, pool.map(one, cases)))
@@ -143,7 +145,16 @@ def results():
         del os.environ[SECRET_NAME]
     # Clean-up removes what the sandbox left, never the shared directories' permissions.
     assert {path: os.stat(path).st_mode for path in modes} == modes
+    done["new_workdirs_left"] = _workdirs() - workdirs_before
     return done
+
+
+def _workdirs() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("toolrl-sandbox-")}
+
+
+def test_working_directories_are_removed(results):
+    assert results["new_workdirs_left"] == set()
 
 
 def _result(results, name):
@@ -162,8 +173,9 @@ def test_status_and_deadline(results, name):
 
 
 def test_outputs_of_hostile_programs(results):
-    stdout = {name: r.stdout for name, (r, _) in results.items()}
-    stderr = {name: r.stderr for name, (r, _) in results.items()}
+    runs = {name: run for name, run in results.items() if name in CASES}
+    stdout = {name: r.stdout for name, (r, _) in runs.items()}
+    stderr = {name: r.stderr for name, (r, _) in runs.items()}
     assert "RecursionError" in stderr["deep_recursion"]
     assert results["unbounded_recursion_crash"][0].exit_code < 0  # died from a signal
     assert "MemoryError" in stderr["memory_bomb"]
@@ -207,9 +219,6 @@ def test_uid_isolation_and_filesystem(results):
         assert not os.path.exists(path)
     assert results["tmp_litter"][0].stdout == "littered\n"
     assert not os.path.exists(TMP_LITTER)  # files the sandbox uid left in /tmp are removed
-    leftovers = [p for p in os.listdir("/tmp") if p.startswith("toolrl-sandbox-")
-                 and os.stat(os.path.join("/tmp", p)).st_uid >= sandbox._uid_base()]
-    assert leftovers == []
 
 
 def test_python_tool_through_the_executor():
@@ -252,6 +261,7 @@ def _live_sandbox_processes(started_after_ticks: int = 0) -> list[tuple[int, str
 def test_trainer_death_takes_the_run_down(tmp_path):
     """SIGKILL the process that called run(): the reaper gets SIGTERM (PDEATHSIG) and cleans up."""
     marker = "%d.%s" % (int(TAG[:5], 16), "4321")
+    workdirs_before = _workdirs()
     trainer = subprocess.Popen([
         sys.executable, "-c",
         "from toolrl_jax.tools import python_sandbox as ps\n"
@@ -269,6 +279,40 @@ def test_trainer_death_takes_the_run_down(tmp_path):
     while time.monotonic() < deadline and any(marker in c for _, c in _live_sandbox_processes()):
         time.sleep(0.05)
     assert not [c for _, c in _live_sandbox_processes() if marker in c]
+    while time.monotonic() < deadline and _workdirs() - workdirs_before:
+        time.sleep(0.05)
+    assert _workdirs() - workdirs_before == set()  # the orphaned reaper removed it
+
+
+@pytest.mark.skipif(not UID_MODE, reason="uid isolation needs root")
+def test_concurrent_runs_get_distinct_uids():
+    code = "import os, time\nprint(os.getuid())\ntime.sleep(0.5)\n"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        runs = list(pool.map(lambda _: sandbox.run(code, timeout_s=10.0), range(6)))
+    assert [r.status for r in runs] == ["ok"] * 6
+    assert len({int(r.stdout) for r in runs}) == 6
+
+
+def test_same_user_mode_cleans_up_without_the_reaper(monkeypatch):
+    """The non-root mode (programs share the trainer's uid). The program can kill its reaper
+    there; the trainer must still find (by the run's environment marker) and kill what is left.
+    Only harmless programs: as root RLIMIT_NPROC is not enforced, so no fork bomb here."""
+    monkeypatch.setattr(sandbox, "sandbox_mode", lambda: "same_user")
+    code = (
+        "import os, signal, subprocess, time\n"
+        f"subprocess.Popen(['sleep', '{SLEEP_MARK}'], start_new_session=True)\n"
+        "if os.fork() == 0:\n    os.setsid()\n    time.sleep(100)\n"
+        "os.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(100)\n")
+    start = time.monotonic()
+    killed_reaper = sandbox.run(code, timeout_s=5.0)
+    assert time.monotonic() - start < 5.0
+    assert killed_reaper.status == "error"
+    assert "supervisor process ended unexpectedly" in killed_reaper.stderr
+    assert _live_sandbox_processes() == []
+    ok = sandbox.run("import os\nprint(os.getuid() == os.geteuid())\n", timeout_s=10.0)
+    assert (ok.status, ok.stdout) == ("ok", "True\n")
+    loop = sandbox.run("while True:\n    pass\n", timeout_s=1.0)
+    assert loop.status == "timeout" and loop.seconds < 2.0
 
 
 def test_no_process_survives(results):

@@ -315,6 +315,10 @@ def main():
             report["reason"] = "memory"
             break
     report["clean"] = _kill_everything(program, cfg["uid"])
+    if os.getppid() != cfg["parent_pid"]:  # the trainer died: nobody else removes the workdir
+        import shutil
+
+        shutil.rmtree(os.getcwd(), ignore_errors=True)
     def as_json(value):
         if value is None or isinstance(value, bool):
             return {None: "null", True: "true", False: "false"}[value]

@@ -62,6 +62,10 @@ class ToolResult:
     error_kind: ErrorKind | None
     seconds: float
 
+    def as_message(self) -> dict:
+        """`{"role": "tool", "name": name, "content": text}`, the chat message of the result."""
+        return {"role": "tool", "name": self.name, "content": self.text}
+
 
 def render_observation(value: Any) -> str:
     """Tool return value -> text: strings as they are, None as "", others as JSON (or str())."""

@@ -27,7 +27,7 @@ Layout of one run (see _sandbox_child.py for the process side):
   from the trainer's environment is inherited.
 * Deadline: wall-clock `timeout_s` from the start. At the deadline (or when output passes
   max_output_bytes) the trainer asks the reaper to kill everything (SIGTERM to the reaper); if
-  the reaper does not finish within a second, the trainer kills the process group and every
+  the reaper does not finish within half a second, the trainer kills the process group and every
   process of the sandbox uid itself. Either way no process of the run survives it.
 * Output: stdout and stderr are read concurrently, each capped at max_output_bytes.
 
@@ -65,7 +65,7 @@ Status = Literal["ok", "error", "timeout", "memory", "output_limit"]
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
 _UID_BASE_DEFAULT = 2_000_000_000
 _UID_COUNT = 64
-_REAPER_GRACE_S = 1.0
+_REAPER_GRACE_S = 0.5
 _MEMORY_ERROR = re.compile(r"^([A-Za-z_][\w.]*\.)?_?\w*MemoryError\b")
 _MARKER_VAR = "TOOLRL_SANDBOX_RUN"
 
@@ -127,7 +127,7 @@ def run(
     """Runs `code` as `__main__` in a fresh sandboxed Python process and returns its result.
 
     Never raises because of what `code` does. The call returns within about
-    `timeout_s` + 1 s (the reaper's grace period) in every case.
+    `timeout_s` + 0.5 s (the reaper's grace period) plus clean-up in every case.
 
     Args:
         code: Python source.
@@ -138,6 +138,8 @@ def run(
         max_file_bytes: RLIMIT_FSIZE, the largest file the program may write.
         max_open_files: RLIMIT_NOFILE.
     """
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError("python_sandbox needs Linux (prctl, /proc, setrlimit)")
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, got {type(code).__name__}")
     for field, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
