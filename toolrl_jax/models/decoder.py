@@ -246,15 +246,17 @@ class Attention(nnx.Module):
 def _write_layer(
     buf: jax.Array, new: jax.Array, layer: int, cache_index: jax.Array
 ) -> jax.Array:
-    """``buf[layer, b, cache_index[b] : cache_index[b] + T] = new[b]``; buf ``[L,B,S,KVH,Dh]``."""
+    """``buf[layer, b, cache_index[b] + t] = new[b, t]``; buf ``[L,B,S,KVH,Dh]``, new ``[B,T,KVH,Dh]``.
 
-    def one(row: jax.Array, upd: jax.Array, s: jax.Array) -> jax.Array:
-        zero = jnp.zeros((), jnp.int32)
-        return jax.lax.dynamic_update_slice(
-            row, upd[None].astype(row.dtype), (jnp.int32(layer), s.astype(jnp.int32), zero, zero)
-        )
-
-    return jax.vmap(one, in_axes=(1, 0, 0), out_axes=1)(buf, new, cache_index)
+    One scatter in the buffer's own layout (in place when the cache is donated; a vmapped
+    ``dynamic_update_slice`` over the batch axis made XLA transpose and copy the whole cache).
+    """
+    b, t = new.shape[:2]
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+    slots = cache_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    return buf.at[layer, rows, slots].set(
+        new.astype(buf.dtype), indices_are_sorted=True, unique_indices=True
+    )
 
 
 class MLP(nnx.Module):
@@ -362,9 +364,9 @@ class Decoder(nnx.Module):
             raise ValueError("Decoder.hidden: cache_index [B] is required with a cache")
         cache_index = jnp.asarray(cache_index, jnp.int32)
         new_pos = jnp.where(segment_ids != 0, positions, -1).astype(jnp.int32)
-        pos = jax.vmap(
-            lambda row, upd, s: jax.lax.dynamic_update_slice(row, upd, (s,))
-        )(cache.pos, new_pos, cache_index)
+        rows = jnp.arange(tokens.shape[0], dtype=jnp.int32)[:, None]
+        slots = cache_index[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+        pos = cache.pos.at[rows, slots].set(new_pos, indices_are_sorted=True, unique_indices=True)
         mask = (pos[:, None, :] >= 0) & (pos[:, None, :] <= positions[:, :, None])
         k_all, v_all = cache.k, cache.v
         for layer, block in enumerate(self.layers):
