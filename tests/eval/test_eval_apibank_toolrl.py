@@ -167,3 +167,19 @@ def test_report_tables_and_json(tmp_path, capsys):
     assert "API-Bank" in capsys.readouterr().out
     p = write_json({"x": float("nan"), "y": [1, 2]}, tmp_path / "n.json")
     assert json.loads(p.read_text()) == {"x": None, "y": [1, 2]}
+
+
+def test_default_reward_is_the_training_reward():
+    """Ground truth earns the maximum 4 = format 1 + correctness 3; answering with <response>
+    where calls are expected earns -3 (format 0, correctness -3; METHODS.md worked example)."""
+    from toolrl_jax.data import generate_tasks
+
+    tasks = generate_tasks(12, seed=2)
+    r = evaluate_toolrl(gt, tasks)
+    assert r["reward"]["reward"] == pytest.approx(4.0) and r["reward"]["format"] == pytest.approx(1.0)
+    r = evaluate_toolrl(lambda ts: ["<think> x </think>\n<response> y </response>"] * len(ts), tasks)
+    for t, e in zip(tasks, r["entries"]):
+        if t.ground_truth_calls:
+            assert (e["reward"], e["format"], e["correctness"]) == pytest.approx((-3.0, 0.0, -3.0))
+        else:
+            assert e["format"] == pytest.approx(1.0) and e["exact_match"]

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
 from toolrl_jax.data.task import RESPONSE_RE, ToolTask
+from toolrl_jax.errors import ToolRLError
 from toolrl_jax.eval.calls import parse_calls
 
 PredictFn = Callable[[Sequence[ToolTask]], Sequence[str]]
@@ -48,20 +49,23 @@ def exact_match(task: ToolTask, completion: str, syntax: str = "auto") -> bool:
     return Counter(_call_key(c) for c in calls) == Counter(_call_key(c) for c in task.ground_truth_calls)
 
 
-def default_reward_fn() -> RewardFn | None:
-    """The training reward as ``(completions, ground_truths) -> {"reward", "format", "correctness"}``.
+def default_reward_fn(config: Any = None) -> RewardFn | None:
+    """The training reward as ``(completions, ground_truths) -> {"reward", "format", "correctness", "length"}``.
 
-    Returns None when ``toolrl_jax.rewards`` offers no host scorer (see module docstring).
+    Uses ``toolrl_jax.rewards.toolrl.score_texts`` (host encoding + the jitted scorer) with
+    ``config`` (a ``ToolRLRewardConfig``; default: the training default). Returns None when
+    that module is not available.
     """
     try:
-        from toolrl_jax.rewards import toolrl as reward_module  # type: ignore[attr-defined]
+        from toolrl_jax.rewards.toolrl import score_texts
     except ImportError:
         return None
-    for name in ("score_texts", "toolrl_reward_texts", "score_completions"):
-        fn = getattr(reward_module, name, None)
-        if callable(fn):
-            return fn
-    return None
+
+    def reward_fn(completions: Sequence[str], ground_truths: Sequence[str]) -> dict[str, Any]:
+        out = score_texts(list(completions), list(ground_truths), 0, config)
+        return {"reward": out["total"], **{k: out[k] for k in ("format", "correctness", "length") if k in out}}
+
+    return reward_fn
 
 
 def evaluate_toolrl(
@@ -82,7 +86,9 @@ def evaluate_toolrl(
       reward_fn: ``(completions, ground_truths) -> {"reward": [B], "format": [B],
         "correctness": [B], ...}``; "default" uses ``toolrl_jax.rewards``; None skips rewards.
     """
-    if reward_fn == "default":
+    if isinstance(reward_fn, str):
+        if reward_fn != "default":
+            raise ValueError(f"reward_fn must be a callable, None or 'default', got {reward_fn!r}")
         reward_fn = default_reward_fn()
     entries: list[dict[str, Any]] = []
     completions: list[str] = []
@@ -109,7 +115,11 @@ def evaluate_toolrl(
         "entries": entries,
     }
     if reward_fn is not None and n:
-        scores = reward_fn(completions, [t.ground_truth for t in tasks])
+        try:
+            scores = reward_fn(completions, [t.ground_truth for t in tasks])
+        except ToolRLError as e:  # e.g. a ground truth with more calls than the reward's static shape
+            result["reward_error"] = str(e)
+            return result
         means = {}
         for key, values in scores.items():
             vals = [float(v) for v in list(values)]
