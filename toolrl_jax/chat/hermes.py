@@ -3,7 +3,8 @@
 - `render_tools_system(tools, system=None)`: system-message text listing the tools as JSON
   lines inside `<tools></tools>`, exactly as Qwen3's template renders it (Qwen2.5 too, given its
   default system text as `system`). Render it with `ChatMLTemplate.message_text("system", ...)`.
-- `format_tool_call(name, arguments)`: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`.
+- `format_tool_call(name, arguments)`:
+  `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`.
 - `render_tool_responses(results)`: the user-turn content Qwen's template builds from
   consecutive `tool` messages: `<tool_response>\\n{r}\\n</tool_response>` blocks joined by `\\n`.
 - `parse_tool_calls(text)`: defensive parser of `<tool_call>` blocks in model output.

@@ -126,7 +126,8 @@ LLAMA32_CHAT_TEMPLATE = (
     "first user message!\") }}\n"
     "{%- endif %}\n"
     "    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
-    "    {{- \"Given the following functions, please respond with a JSON for a function call \" }}\n"
+    "    {{- \"Given the following functions, please respond with a JSON for a function "
+    "call \" }}\n"
     "    {{- \"with its proper arguments that best answers the given prompt.\\n\\n\" }}\n"
     "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of "
     "argument name and its value}.' }}\n"
@@ -478,9 +479,8 @@ class Llama3Template(ChatTemplate):
     def tool_results_text(self, results: Sequence[str]) -> str:
         # The official template JSON-encodes tool content (a string is "iterable" in Jinja), so
         # a result `abc` is shown to the model as `"abc"`. We match it.
-        return "".join(
-            f"<|start_header_id|>ipython<|end_header_id|>\n\n{_tojson(r)}<|eot_id|>" for r in results
-        )
+        header = self.message_header_text("ipython")
+        return "".join(f"{header}{_tojson(r)}<|eot_id|>" for r in results)
 
     def generation_prompt_text(self) -> str:
         return self.message_header_text("assistant")

@@ -274,8 +274,8 @@ def parse_toolrl_user_message(text: str) -> list[dict[str, str]]:
             turns.append({"role": "obs", "content": text[pos + len(_OBS_OPEN): end]})
             pos = end + len(_OBS_CLOSE)
         else:
-            ends = [i for i in (text.find("\n" + _OBS_OPEN, pos), text.find("\n\n" + _USER_OPEN, pos))
-                    if i >= 0]
+            ends = [text.find("\n" + _OBS_OPEN, pos), text.find("\n\n" + _USER_OPEN, pos)]
+            ends = [i for i in ends if i >= 0]
             end = min(ends) if ends else len(text)
             turns.append({"role": "assistant", "content": text[pos:end]})
             pos = end
