@@ -1,0 +1,166 @@
+"""Cached sampler vs uncached references: greedy output equals argmax decoding that re-runs the
+full forward each step (mixed prompt lengths, chunked decode, appended chunks); stops; compile
+counts; PRNG streams independent of slot and batch composition."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from toolrl_jax.rollout import stops
+from toolrl_jax.rollout.sampler import Sampler, bucket_length, bucket_rows
+from toolrl_jax.rollout.sampling import SamplingConfig
+
+from ._models import random_tiny_decoder, uncached_next_token_logits
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+_REFERENCES: dict = {}
+
+
+def full_forward_greedy(model, prompt, n, *, eos=(), stop_seqs=()):
+    """Reference: re-run the whole sequence through the model (no cache) for every new token."""
+    key = id(model)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = (model, uncached_next_token_logits(model))
+    next_logits = _REFERENCES[key][1]
+    seq = list(prompt)
+    out = []
+    for _ in range(n):
+        tok = int(np.argmax(next_logits(seq)))
+        seq.append(tok)
+        out.append(tok)
+        if tok in eos:
+            return out, "eos"
+        if any(len(out) >= len(s) and out[-len(s):] == list(s) for s in stop_seqs):
+            return out, "stop_sequence"
+    return out, "length"
+
+
+PROMPTS = [[5, 6, 7], list(range(10, 31)), [3], [40, 41, 42, 43, 44, 45, 46], [9, 8]]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return random_tiny_decoder("llama", seed=1)
+
+
+def test_bucketing():
+    assert [bucket_length(n) for n in (1, 16, 17, 100, 512, 513, 1100)] == [16, 16, 32, 128, 512, 1024, 1536]
+    assert [bucket_rows(n, 12) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_greedy_equals_full_forward_mixed_lengths(model_type, llama):
+    model = llama if model_type == "llama" else random_tiny_decoder("qwen3", seed=2)
+    n_new = 9
+    sampler = Sampler(model, batch_size=4, cache_len=64, turn_len=16, sampling=GREEDY)
+    out = sampler.generate(PROMPTS, max_new_tokens=n_new)  # 5 prompts: two batches, padded rows
+    for prompt, ids, reason in zip(PROMPTS, out.completion_ids, out.stop_reasons):
+        ref, ref_reason = full_forward_greedy(model, prompt, n_new)
+        assert ids.tolist() == ref
+        assert reason == ref_reason == "length"
+    assert len(set(tuple(c.tolist()) for c in out.completion_ids)) > 1  # not a degenerate model
+
+
+def test_chunked_decode_and_appended_chunk_match_full_forward(llama):
+    """Decode in chunks of 3 steps; then append an 'observation' to row 1 only (prefill of the
+    new tokens into the cache) and continue: equals the uncached forward on the concatenation."""
+    sampler = Sampler(llama, batch_size=3, cache_len=96, turn_len=12, sampling=GREEDY)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[3]]
+    state = sampler.init_state(0)
+    state = sampler.extend(state, [0, 1, 2], prompts, reset=True, uids=[0, 1, 2], max_tokens=7)
+    for _ in range(4):
+        state, _, _ = sampler.decode(state, 3)
+    first = jax.device_get(state.tokens)[:, :7]
+    for i, p in enumerate(prompts):
+        assert first[i].tolist() == full_forward_greedy(llama, p, 7)[0]
+    obs = [77, 78, 79, 80, 81]
+    # the row's pending token (last generated, not yet in the cache) goes first
+    state = sampler.extend(state, [1], [[int(first[1, -1])] + obs], reset=False, max_tokens=6)
+    state, steps, busy = sampler.decode(state, 20)
+    second = jax.device_get(state.tokens)[1, :6].tolist()
+    full = prompts[1] + first[1].tolist() + obs
+    assert second == full_forward_greedy(llama, full, 6)[0]
+    assert int(steps) == 5 and int(busy) == 5  # only row 1 was active
+    # rows 0 and 2 untouched by the append
+    assert jax.device_get(state.tokens)[0, :7].tolist() == first[0].tolist()
+
+
+def test_eos_and_stop_sequences(llama):
+    ref = {i: full_forward_greedy(llama, p, 10)[0] for i, p in enumerate(PROMPTS)}
+    # a stop sequence taken from inside row 1's continuation, an eos taken from row 3's
+    stop_seq = ref[1][4:6]
+    eos = ref[3][5]
+    sampler = Sampler(llama, batch_size=8, cache_len=64, turn_len=16, sampling=GREEDY,
+                      eos_ids=[eos], stop_sequences=[[250, 251, 252], stop_seq])
+    out = sampler.generate(PROMPTS, max_new_tokens=10)
+    for i, p in enumerate(PROMPTS):
+        exp, exp_reason = full_forward_greedy(llama, p, 10, eos=(eos,), stop_seqs=(stop_seq,))
+        assert out.completion_ids[i].tolist() == exp
+        assert out.stop_reasons[i] == exp_reason
+        assert out.stop_which[i] == (1 if exp_reason == "stop_sequence" else -1)
+    assert out.stop_reasons[1] == "stop_sequence" and out.stop_reasons[3] in ("eos", "stop_sequence")
+
+
+def test_max_total_length_stops_rows(llama):
+    sampler = Sampler(llama, batch_size=2, cache_len=32, turn_len=16, sampling=GREEDY)
+    state = sampler.init_state(0)
+    state = sampler.extend(state, [0, 1], [PROMPTS[1], PROMPTS[0]], reset=True, max_total=[24, 32])
+    state, _, _ = sampler.decode(state, 50)
+    num, reason, index = jax.device_get((state.num_tokens, state.stop_reason, state.cache_index))
+    assert num.tolist() == [24 - 21, 16]  # 21-token prompt + 3 = 24 tokens in total
+    assert reason.tolist() == [stops.LENGTH, stops.LENGTH]
+    assert index[0] + 1 == 24
+
+
+def test_compiles_once_per_bucket(llama):
+    """extend compiles once per (rows, length) bucket: (R=4, T=16) and (R=1, T=32); decode once."""
+    chex.clear_trace_counter()
+    counts = {}
+    limits = {"_extend": 2, "_decode": 1}
+
+    def wrapper(fn):
+        name = fn.__name__
+        counts[name] = 0
+        limited = chex.assert_max_traces(fn, n=limits[name])
+
+        def counting(*args):  # jit calls the Python function once per trace
+            counts[name] += 1
+            return limited(*args)
+
+        return counting
+
+    sampler = Sampler(llama, batch_size=4, cache_len=64, turn_len=8, sampling=SamplingConfig(temperature=0.7),
+                      jit_wrapper=wrapper)
+    for seed, prompts in enumerate([[[1, 2, 3]] * 4, [[4] * 9, [5] * 12, [6], [7, 8]], [[3] * 14] * 3]):
+        sampler.generate(prompts, max_new_tokens=6, seed=seed)
+    sampler.generate([[2] * 20], max_new_tokens=4)
+    assert counts == {"_extend": 2, "_decode": 1}
+
+
+def test_sampling_depends_on_seed_and_uid_not_on_slot(llama):
+    temp = SamplingConfig(temperature=1.0, top_k=50)
+    big = Sampler(llama, batch_size=4, cache_len=64, turn_len=12, sampling=temp)
+    small = Sampler(llama, batch_size=2, cache_len=64, turn_len=12, sampling=temp)
+    prompts = PROMPTS[:4]
+    a = big.generate(prompts, max_new_tokens=10, seed=3)
+    b = small.generate(prompts, max_new_tokens=10, seed=3)
+    c = small.generate(prompts[::-1], max_new_tokens=10, seed=3, uids=[3, 2, 1, 0])
+    d = big.generate(prompts, max_new_tokens=10, seed=4)
+    ids = lambda out: [x.tolist() for x in out.completion_ids]
+    assert ids(a) == ids(b) == ids(c)[::-1]
+    assert ids(a) != ids(d)
+    # the sampler's log-probs are the processed distribution's: recompute them from the model
+    full_logits = uncached_next_token_logits(llama)
+    for prompt, toks, lps in zip(prompts, a.completion_ids, a.sample_logprobs):
+        seq = list(prompt) + toks.tolist()
+        z = np.stack([full_logits(seq[:n]) for n in range(len(prompt), len(seq))]).astype(np.float64)
+        kth = np.sort(z, -1)[:, -50][:, None]
+        z = np.where(z >= kth, z, -np.inf)
+        logq = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+        np.testing.assert_allclose(lps, logq[np.arange(len(toks)), toks], atol=2e-4)
