@@ -70,8 +70,9 @@ class ModelConfig:
       bos_token_id: int or None; eos_token_ids: tuple of ints (may be empty).
       param_dtype: storage dtype of parameters, 'float32' | 'bfloat16'.
       dtype: compute dtype of activations / matmuls, 'float32' | 'bfloat16'.
-      attention_impl: 'xla' (portable einsum + softmax in float32) or 'cudnn'
-        (``jax.nn.dot_product_attention(implementation='cudnn')``, GPU with bf16 compute only).
+      attention_impl: 'xla' (portable einsum + softmax in float32, query-chunked for long
+        sequences) or 'cudnn' (``jax.nn.dot_product_attention(implementation='cudnn')``; needs
+        dtype='bfloat16'; falls back to 'xla' when the backend is not a GPU).
       remat: rematerialise each decoder block in the backward pass (saves activation memory).
     """
 
@@ -109,6 +110,11 @@ class ModelConfig:
         if self.attention_impl not in _ATTENTION_IMPLS:
             raise ConfigError(
                 f"attention_impl={self.attention_impl!r}: use one of {_ATTENTION_IMPLS}"
+            )
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ConfigError(
+                "attention_impl='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no "
+                "float32 kernel); use attention_impl='xla' for float32"
             )
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(

@@ -166,32 +166,63 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, impl: str = "xla"
-) -> jax.Array:
-    """Masked multi-head attention with GQA.
+#: Queries per block when T > 2 * ATTENTION_Q_CHUNK on the 'xla' path: bounds the float32
+#: score buffer to ``[B, H, ATTENTION_Q_CHUNK, S]`` (each block rematerialised in backward).
+ATTENTION_Q_CHUNK = 512
 
-    Args:
-      q: ``[B, T, H, Dh]``; k, v: ``[B, S, KVH, Dh]``; mask: ``[B, T, S]`` bool (True = attend).
-      impl: 'xla' (einsum, float32 softmax, masked logits set to float32 min so a row with
-        no visible key gives a uniform, finite output) or 'cudnn'.
 
-    Returns:
-      ``[B, T, H, Dh]`` in q's dtype: ``softmax(q k^T / sqrt(Dh) + mask) v``.
-    """
+def _attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     b, t, h, dh = q.shape
     kvh = k.shape[2]
-    scale = 1.0 / np.sqrt(dh)
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask[:, None, :, :], scale=scale, implementation="cudnn"
-        )
     qg = q.reshape(b, t, kvh, h // kvh, dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores * scale, _MASKED)
+    scores = jnp.where(mask[:, None, None, :, :], scores * (1.0 / np.sqrt(dh)), _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    *,
+    impl: str = "xla",
+    q_chunk: int | None = ATTENTION_Q_CHUNK,
+) -> jax.Array:
+    """Masked multi-head attention with GQA: ``softmax(q k^T / sqrt(Dh) + mask) v``.
+
+    Args:
+      q: ``[B, T, H, Dh]``; k, v: ``[B, S, KVH, Dh]``; mask: ``[B, T, S]`` bool (True = attend).
+      impl: 'xla': einsum with float32 scores and softmax; masked logits are set to the float32
+        minimum, so a query row with no visible key yields a finite (uniform) average. When
+        ``T > 2 * q_chunk`` the queries are processed in blocks of ``q_chunk`` (``lax.map`` +
+        ``jax.checkpoint``), so memory is ``O(q_chunk * S)`` per head instead of ``O(T * S)``.
+        'cudnn': ``jax.nn.dot_product_attention(implementation='cudnn')`` (fused flash
+        attention; needs an NVIDIA GPU and bf16/fp16); rows with no visible key are zeroed.
+        On a non-GPU backend 'cudnn' falls back to 'xla'.
+
+    Returns:
+      ``[B, T, H, Dh]`` in q's dtype.
+    """
+    b, t, h, dh = q.shape
+    if impl == "cudnn" and jax.default_backend() == "gpu":
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask[:, None, :, :], scale=1.0 / np.sqrt(dh), implementation="cudnn"
+        )
+        return jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0).astype(q.dtype)
+    if q_chunk is None or t <= 2 * q_chunk:
+        return _attention_xla(q, k, v, mask)
+    n = -(-t // q_chunk)
+    pad = n * q_chunk - t
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mp = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+    q_blocks = qp.reshape(b, n, q_chunk, h, dh).swapaxes(0, 1)
+    m_blocks = mp.reshape(b, n, q_chunk, mask.shape[-1]).swapaxes(0, 1)
+    block = jax.checkpoint(lambda qm: _attention_xla(qm[0], k, v, qm[1]))
+    out = jax.lax.map(block, (q_blocks, m_blocks))  # [n, B, q_chunk, H, Dh]
+    return out.swapaxes(0, 1).reshape(b, n * q_chunk, h, dh)[:, :t]
 
 
 class Attention(nnx.Module):
