@@ -284,13 +284,49 @@ def test_trainer_death_takes_the_run_down(tmp_path):
     assert _workdirs() - workdirs_before == set()  # the orphaned reaper removed it
 
 
+def test_namespaces_private_tmp_and_no_network():
+    """As root with unshare/mount permitted: /tmp, /var/tmp, /dev/shm are one private tmpfs of
+    disk_mb, and there is no network. Elsewhere the run says it had no namespaces."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    probe = f"/dev/shm/toolrl_probe_{TAG}"
+    code = (
+        "import os, socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
+        "    print('connected')\n"
+        "except OSError as exc:\n"
+        "    print('network', exc.errno)\n"
+        f"open({probe!r}, 'w').write('x')\n"
+        "print(sorted(os.listdir('/tmp')) == sorted(os.listdir('/var/tmp')))\n"
+        "with open('/tmp/fill', 'wb') as f:\n"
+        "    for _ in range(40):\n"
+        "        f.write(b'0' * 1_000_000)\n")
+    try:
+        result = sandbox.run(code, timeout_s=10.0, disk_mb=8)
+    finally:
+        listener.close()
+    if not result.namespaces:
+        assert result.stdout.startswith("connected")
+        pytest.skip("mount/network namespaces not permitted here")
+    assert result.stdout == "network 101\nTrue\n"  # ENETUNREACH
+    assert result.status == "error" and "No space left on device" in result.stderr
+    assert not os.path.exists(probe)
+
+
 @pytest.mark.skipif(not UID_MODE, reason="uid isolation needs root")
 def test_concurrent_runs_get_distinct_uids():
     code = "import os, time\nprint(os.getuid())\ntime.sleep(0.5)\n"
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
-        runs = list(pool.map(lambda _: sandbox.run(code, timeout_s=10.0), range(6)))
+        runs = list(pool.map(
+            lambda i: sandbox.run(code, timeout_s=10.0, isolate_namespaces=i % 2 == 0), range(6)))
     assert [r.status for r in runs] == ["ok"] * 6
     assert len({int(r.stdout) for r in runs}) == 6
+    assert not any(r.namespaces for r in runs[1::2])  # isolate_namespaces=False is honoured
 
 
 def test_same_user_mode_cleans_up_without_the_reaper(monkeypatch):

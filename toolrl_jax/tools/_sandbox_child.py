@@ -28,11 +28,13 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 POLL_S = 0.05
 
 
 _INT_KEYS = ("uid", "gid", "status_fd", "parent_pid", "cpu_s", "memory_bytes", "file_bytes",
-             "max_processes", "max_open_files")
+             "max_processes", "max_open_files", "disk_bytes", "namespaces")
 
 
 def _parse_config(argv):
@@ -50,6 +52,51 @@ def _prctl(option, value):
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                            ctypes.c_ulong]
     return libc.prctl(option, value, 0, 0, 0)
+
+
+def _isolate_namespaces(cfg):
+    """Best effort, root only: a private mount namespace and an empty network namespace.
+
+    In the new mount namespace a tmpfs of `disk_bytes` is mounted over the temp root that holds
+    the working directory, and bound onto /tmp, /var/tmp and /dev/shm, so everything the program
+    can write there lives in one size-limited tmpfs that vanishes with the run and is invisible
+    outside. The network namespace has no interfaces up: no network, not even loopback.
+    Returns False (nothing changed) where unshare/mount are not permitted.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    old_ns = [os.open("/proc/self/ns/%s" % kind, os.O_RDONLY) for kind in ("mnt", "net")]
+    try:
+        if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+            return False
+        try:
+            def mount(source, target, fstype, flags, data):
+                if libc.mount(source, target.encode(), fstype, flags, data) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, "mount %s: %s" % (target, os.strerror(errno)))
+
+            mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+            workdir = cfg["workdir"]
+            temp_root = os.path.dirname(workdir)
+            with open(cfg["code_file"], "rb") as f:
+                code = f.read()
+            mount(b"tmpfs", temp_root, b"tmpfs", MS_NOSUID | MS_NODEV,
+                  b"size=%dk,mode=1777" % max(64, cfg["disk_bytes"] // 1024))
+            os.mkdir(workdir, 0o700)
+            with open(os.path.join(workdir, cfg["code_file"]), "wb") as f:
+                f.write(code)
+            os.chown(os.path.join(workdir, cfg["code_file"]), cfg["uid"], cfg["gid"])
+            os.chown(workdir, cfg["uid"], cfg["gid"])
+            for shared in ("/tmp", "/var/tmp", "/dev/shm"):
+                if os.path.isdir(shared) and os.path.realpath(shared) != temp_root:
+                    mount(temp_root.encode(), shared, None, MS_BIND, None)
+            return True
+        except OSError:
+            for fd in old_ns:  # undo: back to the trainer's namespaces
+                libc.setns(fd, 0)
+            return False
+    finally:
+        for fd in old_ns:
+            os.close(fd)
 
 
 def _others_can_traverse(path):
@@ -142,6 +189,8 @@ def _program(cfg):
         os.setpgid(0, 0)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.close(cfg["status_fd"])
+        if cfg["namespaces"]:
+            os.chdir(cfg["workdir"])  # the copy inside the private tmpfs
         if cfg["uid"] is not None:
             _remap_unreachable_sys_path()
         _set_limits(cfg)
@@ -286,8 +335,12 @@ def main():
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != cfg["parent_pid"]:
         os.kill(os.getpid(), signal.SIGTERM)  # it died before the prctl: stays pending
+    cfg["workdir"] = os.getcwd()
+    parent_fd = os.open("..", os.O_RDONLY | os.O_DIRECTORY)  # the real one, even under a mount
     if cfg["uid"] is not None:
         _kill_uid(cfg["uid"])  # leftovers of a run whose reaper and trainer both died
+    if cfg["namespaces"]:
+        cfg["namespaces"] = cfg["uid"] is not None and _isolate_namespaces(cfg)
     program = os.fork()
     if program == 0:
         _program(cfg)
@@ -296,7 +349,8 @@ def main():
     except OSError:
         pass
 
-    report = {"reason": "exit", "exit_code": None, "signal": None, "clean": False}
+    report = {"reason": "exit", "exit_code": None, "signal": None, "clean": False,
+              "namespaces": bool(cfg["namespaces"])}
     while report["exit_code"] is None and report["signal"] is None:
         info = signal.sigtimedwait(watched, POLL_S)
         if info is not None and info.si_signo == signal.SIGTERM:
@@ -318,7 +372,7 @@ def main():
     if os.getppid() != cfg["parent_pid"]:  # the trainer died: nobody else removes the workdir
         import shutil
 
-        shutil.rmtree(os.getcwd(), ignore_errors=True)
+        shutil.rmtree(os.path.basename(cfg["workdir"]), ignore_errors=True, dir_fd=parent_fd)
     def as_json(value):
         if value is None or isinstance(value, bool):
             return {None: "null", True: "true", False: "false"}[value]

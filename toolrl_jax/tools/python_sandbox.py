@@ -82,6 +82,7 @@ class SandboxResult:
             'output_limit' (stdout or stderr passed max_output_bytes; the run was killed).
         exit_code: the program's exit code, -N if it died from signal N, None if we killed it.
         seconds: wall time of the whole run, start-up and clean-up included.
+        namespaces: whether the run had a private mount namespace and no network.
     """
 
     stdout: str
@@ -89,6 +90,7 @@ class SandboxResult:
     status: Status
     exit_code: int | None
     seconds: float
+    namespaces: bool = False
 
     def observation(self, max_chars: int = 4096) -> str:
         """Text for the model: stdout, then stderr, then a status line unless status is 'ok'."""
@@ -123,6 +125,8 @@ def run(
     max_processes: int = 32,
     max_file_bytes: int = 16 * 1024 * 1024,
     max_open_files: int = 256,
+    disk_mb: int = 64,
+    isolate_namespaces: bool = True,
 ) -> SandboxResult:
     """Runs `code` as `__main__` in a fresh sandboxed Python process and returns its result.
 
@@ -137,6 +141,10 @@ def run(
         max_processes: RLIMIT_NPROC (processes + threads) of the sandbox uid.
         max_file_bytes: RLIMIT_FSIZE, the largest file the program may write.
         max_open_files: RLIMIT_NOFILE.
+        disk_mb: size of the private tmpfs holding the working directory, /tmp, /var/tmp and
+            /dev/shm (only where mount namespaces are available, see `isolate_namespaces`).
+        isolate_namespaces: as root, also try a private mount namespace (that tmpfs) and an
+            empty network namespace (no network). Silently skipped where not permitted.
     """
     if not sys.platform.startswith("linux"):
         raise RuntimeError("python_sandbox needs Linux (prctl, /proc, setrlimit)")
@@ -144,7 +152,8 @@ def run(
         raise TypeError(f"code must be a str, got {type(code).__name__}")
     for field, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
                          ("max_output_bytes", max_output_bytes), ("max_processes", max_processes),
-                         ("max_file_bytes", max_file_bytes), ("max_open_files", max_open_files)):
+                         ("max_file_bytes", max_file_bytes), ("max_open_files", max_open_files),
+                         ("disk_mb", disk_mb)):
         if not value > 0:
             raise ValueError(f"{field} must be > 0, got {value}")
     started = time.monotonic()
@@ -177,6 +186,8 @@ def run(
             "file_bytes": int(max_file_bytes),
             "max_processes": int(max_processes),
             "max_open_files": int(max_open_files),
+            "disk_bytes": int(disk_mb) * 1024 * 1024,
+            "namespaces": int(bool(isolate_namespaces) and uid is not None),
         }
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -207,7 +218,8 @@ def run(
     seconds = time.monotonic() - started
     out = bytes(stdout[:max_output_bytes]).decode("utf-8", errors="replace")
     err = bytes(stderr[:max_output_bytes]).decode("utf-8", errors="replace")
-    return _decide(out, err, killed_for, report, reaper.returncode, seconds)
+    result = _decide(out, err, killed_for, report, reaper.returncode, seconds)
+    return dataclasses.replace(result, namespaces=bool(report and report.get("namespaces")))
 
 
 def _config_args(config: dict) -> list[str]:
