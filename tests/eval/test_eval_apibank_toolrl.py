@@ -183,3 +183,17 @@ def test_default_reward_is_the_training_reward():
             assert (e["reward"], e["format"], e["correctness"]) == pytest.approx((-3.0, 0.0, -3.0))
         else:
             assert e["format"] == pytest.approx(1.0) and e["exact_match"]
+
+
+def test_run_benchmark_dispatch(shared_data):
+    from toolrl_jax.errors import DataError
+    from toolrl_jax.eval.run import run_benchmark
+
+    r = run_benchmark("apibank", gt, data=[shared_data / "apibank" / "level-2-api_processed.json"], limit=5)
+    assert r["overall"] == {"accuracy": 1.0, "correct": 5, "total": 5}
+    r = run_benchmark("bfcl", gt, categories="parallel", limit=3)
+    assert r["categories"]["parallel"]["accuracy"] == 1.0
+    with pytest.raises(DataError, match="needs --data"):
+        run_benchmark("apibank", gt)
+    with pytest.raises(DataError, match="did you mean 'bfcl'"):
+        run_benchmark("bfc", gt)
