@@ -117,6 +117,8 @@ CASES = {
                            "ok", timeout_s=10.0),
     "syntax_error": Case("def broken(:\n    pass\n", "error", timeout_s=10.0),
     "exit_code": Case("raise SystemExit(3)\n", "error", timeout_s=10.0),
+    "undecodable_source": Case("print(1)\n'\ud800'\n", "error", timeout_s=10.0),
+    "null_byte": Case("print(1)\0\n", "error", timeout_s=10.0),
     "unicode_and_cwd": Case(
         "import os\nprint('héllo ✓', os.getcwd() == os.environ['HOME'], sorted(os.listdir('.')))\n",
         "ok", timeout_s=10.0),

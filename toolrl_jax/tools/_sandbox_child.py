@@ -198,8 +198,8 @@ def _program(cfg):
         if cfg["uid"] is not None:
             _drop_privileges(cfg["uid"], cfg["gid"])
             _prctl(PR_SET_DUMPABLE, 1)  # credential change cleared it; /proc/<pid> stays ours
-        with open(cfg["code_file"], encoding="utf-8") as f:
-            source = f.read()
+        with open(cfg["code_file"], "rb") as f:
+            source = f.read()  # bytes: compile() applies PEP 263 coding cookies
     except BaseException as exc:  # noqa: BLE001
         os.write(2, ("sandbox setup failed: %s: %s\n" % (type(exc).__name__, exc)).encode())
         os._exit(125)

@@ -168,8 +168,8 @@ def run(
         workdir = tempfile.mkdtemp(prefix="toolrl-sandbox-")
         cleanup.callback(_remove_tree, workdir)
         code_file = "main.py"
-        with open(os.path.join(workdir, code_file), "w", encoding="utf-8") as f:
-            f.write(code)
+        with open(os.path.join(workdir, code_file), "wb") as f:
+            f.write(code.encode("utf-8", errors="surrogatepass"))  # bad text -> SyntaxError
         if uid is not None:
             os.chown(workdir, uid, uid)
             os.chown(os.path.join(workdir, code_file), uid, uid)
@@ -208,12 +208,16 @@ def run(
                                  time.monotonic() - started)
         finally:
             os.close(status_write)
-        stdout, stderr, killed_for = _collect(reaper, deadline, max_output_bytes, status_read)
-        report = _read_report(status_read)
-        if not (report and report.get("clean") and reaper.poll() is not None):
-            _force_cleanup(reaper, uid, marker)
-        for stream in (reaper.stdout, reaper.stderr):
-            stream.close()
+        report: dict | None = None
+        try:
+            stdout, stderr, killed_for = _collect(reaper, deadline, max_output_bytes,
+                                                  status_read)
+            report = _read_report(status_read)
+        finally:  # also on a bug or KeyboardInterrupt here: never leave the run behind
+            if not (report and report.get("clean") and reaper.poll() is not None):
+                _force_cleanup(reaper, uid, marker)
+            for stream in (reaper.stdout, reaper.stderr):
+                stream.close()
 
     seconds = time.monotonic() - started
     out = bytes(stdout[:max_output_bytes]).decode("utf-8", errors="replace")
