@@ -199,16 +199,6 @@ def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _single_token_id(tokenizer, token: str) -> int:
-    ids = encode_text(tokenizer, token)
-    if len(ids) != 1:
-        raise ConfigError(
-            f"tokenizer has no single token for {token!r} (got ids {ids}); the chat template "
-            "does not fit this tokenizer"
-        )
-    return ids[0]
-
-
 def _content(message: Message) -> str:
     content = message.get("content")
     if content is None:
