@@ -11,12 +11,11 @@ import pytest
 from toolrl_jax.data import load_apibank, load_bfcl, load_toolrl, load_toolrl_json, load_toolrl_parquet
 from toolrl_jax.data.bfcl import (
     ALL_CATEGORIES,
-    add_language_hints,
     bfcl_data_dir,
     expand_categories,
     parse_call_string,
 )
-from toolrl_jax.data.task import parse_ground_truth_calls, parse_toolrl_tools, toolrl_system_prompt
+from toolrl_jax.data.task import parse_ground_truth_calls, toolrl_system_prompt
 from toolrl_jax.errors import DataError
 
 

@@ -50,7 +50,6 @@ from typing import Any, Callable, Mapping, Sequence
 from toolrl_jax.data.bfcl import (
     LIVE_AST,
     MULTI_TURN,
-    NON_LIVE_AST,
     expand_categories,
     load_bfcl,
     question_turns,
