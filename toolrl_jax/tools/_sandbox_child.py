@@ -194,6 +194,9 @@ def _program(cfg):
         if cfg["uid"] is not None:
             _remap_unreachable_sys_path()
         _set_limits(cfg)
+        # Lower priority than the reaper and the trainer, so that a program hogging the CPU
+        # (e.g. a fork bomb) cannot delay its own clean-up; it cannot undo this (RLIMIT_NICE).
+        os.setpriority(os.PRIO_PROCESS, 0, 10)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if cfg["uid"] is not None:
             _drop_privileges(cfg["uid"], cfg["gid"])
