@@ -27,6 +27,8 @@ import re
 from collections import Counter
 from typing import Any, Iterator, Mapping, Sequence
 
+from toolrl_jax.chat.toolrl_prompt import build_toolrl_system_prompt, build_toolrl_user_message
+
 THINK_RE = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 RESPONSE_RE = re.compile(r"<response>(.*?)</response>", re.DOTALL)
@@ -219,27 +221,13 @@ def dialogue_history(turns: Sequence[tuple[str, str]]) -> str:
 
     ``turns`` is ``[(role, text)]`` with role ``user`` (rendered ``<user> text </user>``),
     ``assistant`` (the assistant's raw ToolRL text, pasted as is) or ``obs`` (tool results,
-    rendered ``<obs> text </obs>``). Turns are separated by a blank line, except that an
-    ``<obs>`` follows its assistant turn after one newline (ToolRL's data layout). Uses
-    ``toolrl_jax.chat.toolrl_prompt.build_toolrl_user_message`` when present.
+    rendered ``<obs> text </obs>``); layout by ``chat.toolrl_prompt.build_toolrl_user_message``
+    (blank line between turns, one newline before an ``<obs>``).
     """
-    history = [{"role": r, "content": t} for r, t in turns]
-    for h in history:
-        if h["role"] not in ("user", "assistant", "obs"):
-            raise ValueError(f"unknown dialogue role {h['role']!r}")
-    try:
-        from toolrl_jax.chat.toolrl_prompt import build_toolrl_user_message
-    except ImportError:
-        out = "**Dialogue Records History**\n"
-        for k, h in enumerate(history):
-            text = {"user": f"<user> {h['content']} </user>", "obs": f"<obs> {h['content']} </obs>"}.get(
-                h["role"], h["content"]
-            )
-            if k > 0:
-                out += "\n" if h["role"] == "obs" else "\n\n"
-            out += text
-        return out
-    return build_toolrl_user_message(history)
+    for role, _ in turns:
+        if role not in ("user", "assistant", "obs"):
+            raise ValueError(f"unknown dialogue role {role!r}")
+    return build_toolrl_user_message([{"role": r, "content": t} for r, t in turns])
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,57 +295,10 @@ def toolrl_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": tool.get("name", ""), "description": tool.get("description", ""), "parameters": props}
 
 
-# ToolRL's instruction text (rlla_sft.json / rlla_test.parquet), used only when the chat
-# module's builder (toolrl_jax.chat.toolrl_prompt.build_toolrl_system_prompt) is absent.
-_TOOLRL_HEAD = (
-    "You are a helpful multi-turn dialogue assistant capable of leveraging tool calls to solve "
-    "user tasks and provide structured chat responses.\n\n**Available Tools**\n"
-    "In your response, you can use the following tools:\n"
-)
-_TOOLRL_TAIL = """
-
-**Steps for Each Turn**
-1. **Think:** Recall relevant context and analyze the current user goal.
-2. **Decide on Tool Usage:** If a tool is needed, specify the tool and its parameters.
-3. **Respond Appropriately:** If a response is needed, generate one while maintaining consistency across user queries.
-
-**Output Format**
-```plaintext
-<think> Your thoughts and reasoning </think>
-<tool_call>
-{"name": "Tool name", "parameters": {"Parameter name": "Parameter content", "... ...": "... ..."}}
-{"name": "... ...", "parameters": {"... ...": "... ...", "... ...": "... ..."}}
-...
-</tool_call>
-<response> AI's final response </response>
-```
-
-**Important Notes**
-1. You must always include the `<think>` field to outline your reasoning. Provide at least one of `<tool_call>` or `<response>`. Decide whether to use `<tool_call>` (possibly multiple times), `<response>`, or both.
-2. You can invoke multiple tool calls simultaneously in the `<tool_call>` fields. Each tool call should be a JSON object with a "name" field and an "parameters" field containing a dictionary of parameters. If no parameters are needed, leave the "parameters" field an empty dictionary.
-3. Refer to the previous dialogue records in the history, including the user's queries, previous `<tool_call>`, `<response>`, and any tool feedback noted as `<obs>` (if exists)."""
-
-
-def _fallback_system_prompt(tools: Sequence[Mapping[str, Any]]) -> str:
-    lines = []
-    for i, t in enumerate(tools, 1):
-        lines.append(
-            f"{i}. Name: {t['name']}\nDescription: {t.get('description', '')}\n"
-            f"Parameters: {json.dumps(t.get('parameters', {}))}"
-        )
-    return _TOOLRL_HEAD + "\n".join(lines) + _TOOLRL_TAIL
-
-
 def toolrl_system_prompt(tools: Sequence[Mapping[str, Any]]) -> str:
     """ToolRL's system prompt for ``tools`` (JSON-schema function dicts or ToolRL tool dicts).
 
-    Uses ``toolrl_jax.chat.toolrl_prompt.build_toolrl_system_prompt`` when that module exists
-    (it is given ToolRL tool dicts ``{name, description, parameters: properties}``), else an
-    identical private copy of ToolRL's text.
+    Built by ``toolrl_jax.chat.toolrl_prompt.build_toolrl_system_prompt`` from ToolRL tool dicts
+    ``{name, description, parameters: properties}``.
     """
-    toolrl_tools = [toolrl_tool(t) for t in tools]
-    try:
-        from toolrl_jax.chat.toolrl_prompt import build_toolrl_system_prompt
-    except ImportError:
-        return _fallback_system_prompt(toolrl_tools)
-    return build_toolrl_system_prompt(toolrl_tools)
+    return build_toolrl_system_prompt([toolrl_tool(t) for t in tools])
