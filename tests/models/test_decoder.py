@@ -34,7 +34,8 @@ CONFIGS = {
         "llama", tie_word_embeddings=False, rope_theta=500000.0, rope_scaling=LLAMA3_ROPE
     ),
     "qwen2_bias": ModelConfig.tiny("qwen2", num_kv_heads=1),
-    "qwen3_qknorm": ModelConfig.tiny("qwen3", head_dim=32),  # head_dim != D / H, like Qwen3
+    # head_dim != D / H like real Qwen3; attention_bias adds q/k/v and o_proj biases.
+    "qwen3_qknorm": ModelConfig.tiny("qwen3", head_dim=32, attention_bias=True),
 }
 
 

@@ -60,7 +60,9 @@ class KVCache:
     slots ``cache_index[b] .. cache_index[b] + T - 1``; tokens whose ``segment_id == 0``
     are written with ``pos = -1`` (invisible). Then a query at position ``p`` of row ``b``
     attends slot ``s`` iff ``0 <= pos[b, s] <= p``. The caller advances ``cache_index`` by
-    the number of valid tokens it wrote, so padding slots are overwritten next time.
+    the number of valid tokens it wrote, so padding slots are overwritten next time. Writes
+    past slot ``S - 1`` are dropped (scatter ``mode='drop'``), never clamped onto valid slots.
+    Shard k/v with :func:`toolrl_jax.models.sharding.cache_partition_spec`.
     """
 
     k: jax.Array
@@ -286,7 +288,7 @@ def _write_layer(
     rows = jnp.arange(b, dtype=jnp.int32)[:, None]
     slots = cache_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     return buf.at[layer, rows, slots].set(
-        new.astype(buf.dtype), indices_are_sorted=True, unique_indices=True
+        new.astype(buf.dtype), indices_are_sorted=True, unique_indices=True, mode="drop"
     )
 
 
@@ -397,7 +399,9 @@ class Decoder(nnx.Module):
         new_pos = jnp.where(segment_ids != 0, positions, -1).astype(jnp.int32)
         rows = jnp.arange(tokens.shape[0], dtype=jnp.int32)[:, None]
         slots = cache_index[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-        pos = cache.pos.at[rows, slots].set(new_pos, indices_are_sorted=True, unique_indices=True)
+        pos = cache.pos.at[rows, slots].set(
+            new_pos, indices_are_sorted=True, unique_indices=True, mode="drop"
+        )
         mask = (pos[:, None, :] >= 0) & (pos[:, None, :] <= positions[:, :, None])
         k_all, v_all = cache.k, cache.v
         for layer, block in enumerate(self.layers):

@@ -125,8 +125,7 @@ def hf_name_to_path(name: str, config: ModelConfig) -> tuple[tuple, bool]:
     if m and m.group(2) in _BLOCK_NAMES:
         layer = int(m.group(1))
         suffix, transpose = _BLOCK_NAMES[m.group(2)]
-        full = f"model.layers.{layer}.{m.group(2)}"
-        if layer < config.num_layers and full in expected_hf_shapes_cached(config):
+        if layer < config.num_layers and _block_has(config, suffix):
             return ("layers", layer, *suffix), transpose
     raise ModelLoadError(
         f"tensor {name!r} is not a parameter of a {config.architecture} with "
@@ -135,17 +134,13 @@ def hf_name_to_path(name: str, config: ModelConfig) -> tuple[tuple, bool]:
     )
 
 
-_SHAPES_CACHE: dict[ModelConfig, frozenset] = {}
-
-
-def expected_hf_shapes_cached(config: ModelConfig) -> frozenset:
-    # Bounded: one entry per distinct config seen in the process (a handful).
-    names = _SHAPES_CACHE.get(config)
-    if names is None:
-        names = frozenset(expected_hf_shapes(config))
-        if len(_SHAPES_CACHE) < 64:
-            _SHAPES_CACHE[config] = names
-    return names
+def _block_has(config: ModelConfig, suffix: tuple[str, ...]) -> bool:
+    """Whether a decoder block of ``config`` has the parameter ``suffix`` (e.g. a bias)."""
+    if suffix[-1] == "bias":
+        return config.o_proj_bias if suffix[1] == "o_proj" else config.attention_bias
+    if suffix[1] in ("q_norm", "k_norm"):
+        return config.qk_norm
+    return True
 
 
 def path_to_hf_name(path: tuple, config: ModelConfig) -> tuple[str, bool]:
