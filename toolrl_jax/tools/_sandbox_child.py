@@ -376,6 +376,7 @@ def main():
         import shutil
 
         shutil.rmtree(os.path.basename(cfg["workdir"]), ignore_errors=True, dir_fd=parent_fd)
+
     def as_json(value):
         if value is None or isinstance(value, bool):
             return {None: "null", True: "true", False: "false"}[value]

@@ -210,8 +210,7 @@ def run(
             os.close(status_write)
         report: dict | None = None
         try:
-            stdout, stderr, killed_for = _collect(reaper, deadline, max_output_bytes,
-                                                  status_read)
+            stdout, stderr, killed_for = _collect(reaper, deadline, max_output_bytes)
             report = _read_report(status_read)
         finally:  # also on a bug or KeyboardInterrupt here: never leave the run behind
             if not (report and report.get("clean") and reaper.poll() is not None):
@@ -259,7 +258,7 @@ def _decide(out: str, err: str, killed_for: str | None, report: dict | None,
     return SandboxResult(out, err, "error", exit_code, seconds)
 
 
-def _collect(reaper: subprocess.Popen, deadline: float, cap: int, status_fd: int
+def _collect(reaper: subprocess.Popen, deadline: float, cap: int
              ) -> tuple[bytearray, bytearray, str | None]:
     """Reads stdout/stderr until the reaper exits, or the deadline / output cap is hit.
 
@@ -333,7 +332,9 @@ def _read_report(status_fd: int) -> dict | None:
 
 
 def _force_cleanup(reaper: subprocess.Popen, uid: int | None, marker: str) -> None:
-    """Last line of defence: runs after every run; cheap when the reaper already cleaned up."""
+    """Last line of defence, used when the reaper did not report a clean finish: kills the
+    reaper's group, then every process of the sandbox uid (or, without one, every process that
+    carries the run's environment marker) until none is left."""
     if reaper.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(reaper.pid, signal.SIGKILL)
@@ -408,7 +409,7 @@ def _uid_base() -> int:
 def _lock_dir() -> str:
     path = os.environ.get("TOOLRL_SANDBOX_LOCK_DIR") or (
         "/run/toolrl-sandbox" if os.path.isdir("/run") and os.access("/run", os.W_OK)
-        else os.path.join(tempfile.gettempdir(), f"toolrl-sandbox-{os.geteuid()}"))
+        else os.path.join(tempfile.gettempdir(), f"toolrl-sandbox-locks-{os.geteuid()}"))
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     info = os.lstat(path)
