@@ -79,6 +79,39 @@ def test_ok_and_error_kinds_become_text():
     assert results[8].text.startswith("Error: unknown tool 'None'")
 
 
+def test_hostile_exceptions_and_return_values():
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    class BadValue:
+        def __str__(self):
+            raise RuntimeError("cannot render")
+
+    @function_tool
+    def nasty(kind: str):
+        """Fails in odd ways.
+
+        Args:
+            kind: Which way.
+        """
+        if kind == "exit":
+            raise SystemExit(2)
+        if kind == "unprintable":
+            raise Unprintable()
+        return [BadValue()]
+
+    with ToolExecutor([nasty], timeout_s=2.0) as executor:
+        results = executor.run("t", [ToolCall("nasty", {"kind": k})
+                                     for k in ("exit", "unprintable", "value")])
+    assert [r.text for r in results] == [
+        "Error: tool 'nasty' raised SystemExit: 2",
+        "Error: tool 'nasty' raised Unprintable",
+        "Error: tool 'nasty' raised RuntimeError: cannot render",
+    ]
+    assert [r.error_kind for r in results] == ["exception"] * 3
+
+
 def test_timeout_returns_within_deadline_and_frees_the_slot():
     release = threading.Event()
     sleepy = make_sleeper(release)

@@ -242,7 +242,10 @@ class ToolExecutor:
             value = tool(**arguments)
             text, ok, kind = render_observation(value), True, None
         except BaseException as exc:  # noqa: BLE001 - the model sees every failure as text
-            message = str(exc).strip()
+            try:
+                message = str(exc).strip()
+            except Exception:  # noqa: BLE001 - an exception whose __str__ fails
+                message = ""
             text = f"Error: tool '{pending.name}' raised {type(exc).__name__}" + (
                 f": {message}" if message else "")
             ok, kind = False, "exception"
