@@ -406,6 +406,22 @@ def _uid_base() -> int:
     return int(os.environ.get("TOOLRL_SANDBOX_UID_BASE", _UID_BASE_DEFAULT))
 
 
+def _check_uid_range(base: int) -> None:
+    """The pool must be mapped in this user namespace (rootless containers map few uids)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            ranges = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    except OSError:
+        return
+    if not any(inside <= base and base + _UID_COUNT <= inside + count
+               for inside, _, count in ranges):
+        from toolrl_jax.errors import ConfigError
+
+        raise ConfigError(
+            f"sandbox uids {base}..{base + _UID_COUNT - 1} are not mapped in this user namespace "
+            f"(/proc/self/uid_map: {ranges}); set TOOLRL_SANDBOX_UID_BASE to a free range inside it")
+
+
 def _lock_dir() -> str:
     path = os.environ.get("TOOLRL_SANDBOX_LOCK_DIR") or (
         "/run/toolrl-sandbox" if os.path.isdir("/run") and os.access("/run", os.W_OK)
@@ -424,6 +440,7 @@ def _lock_dir() -> str:
 def _uid_slot(deadline: float) -> Iterator[int]:
     """Claims a free sandbox uid (flock on <lock dir>/<uid>.lock) for the duration of a run."""
     base, lock_dir = _uid_base(), _lock_dir()
+    _check_uid_range(base)
     order = list(range(_UID_COUNT))
     random.shuffle(order)
     while True:
