@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import re
+import secrets
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -160,13 +161,20 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
 def canonical(value: Any, equality: str = "strict", *, _nan_ids=None) -> str:
     """Canonical string of a decoded value: equal strings <=> equal values under ``equality``.
 
+    Each NaN (and value of an unknown type) gets a fresh token, so it equals nothing: within one
+    :func:`encode_batch` call from a shared counter, otherwise from random bits.
     Raises ``ValueError`` for nesting deeper than ``parse.MAX_DEPTH``.
     """
-    nan_ids = _nan_ids if _nan_ids is not None else itertools.count()
+    nan_ids = _nan_ids if _nan_ids is not None else _random_ids()
     try:
         return _canon(value, equality == "lenient", nan_ids, 0)
     except (_TooDeep, RecursionError):
         raise ValueError(f"value nested deeper than {MAX_DEPTH}") from None
+
+
+def _random_ids():
+    while True:
+        yield secrets.token_hex(8)
 
 
 def _hash32(s: str) -> int:
