@@ -333,7 +333,9 @@ def _check_object(schema: dict, value: Mapping, path: str, errors: list[str], *,
     for key in schema.get("required") or []:
         if key not in value:
             errors.append(f"missing required argument '{path}{key}'")
-    extra = schema.get("additionalProperties", not top_level if not properties else False)
+    # Without "additionalProperties": a tool's arguments or an object with declared properties
+    # accept no other keys; a nested object declared without properties accepts any.
+    extra = schema.get("additionalProperties", not (top_level or properties))
     for key, item in value.items():
         if key in properties:
             _check_value(properties[key], item, f"{path}{key}", errors)
