@@ -39,17 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from toolrl_jax.errors import ConfigError, ModelLoadError
     from toolrl_jax.models.export import export_hf_dir, load_tokenizer_any
-    from toolrl_jax.models.registry import load_model
+    from toolrl_jax.models.registry import load_model, resolve_model
 
     if args.max_shard_gb <= 0:
         raise ConfigError(f"--max-shard-gb={args.max_shard_gb}: use a positive number")
-    loaded = load_model(args.model, param_dtype="float32", dtype="float32")
+    resolved = resolve_model(args.model)
     tokenizer = None
-    if not args.no_tokenizer:
+    if not args.no_tokenizer:  # before the (slow) weights, so a missing tokenizer fails fast
         try:
-            tokenizer = load_tokenizer_any(loaded.source.tokenizer_source)
+            tokenizer = load_tokenizer_any(resolved.tokenizer_source)
         except ModelLoadError as e:
             raise ModelLoadError(f"{e} (pass --no-tokenizer to export the weights only)") from e
+    loaded = load_model(args.model, param_dtype="float32", dtype="float32")
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     out = export_hf_dir(
         loaded.model,
