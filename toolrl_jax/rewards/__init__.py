@@ -1,0 +1,46 @@
+"""Rewards for tool-using LLMs: parsing and encoding on the host, pure jitted scoring on device.
+
+ToolRL (``toolrl``: format + fine-grained tool-call correctness + length, every ablation variant,
+greedy or optimal matching, a released-code compatibility preset), ReTool outcome (``math``),
+OTC tool efficiency (``otc``), FTRL per-turn solve rewards (``ftrl``), DAPO overlong shaping and
+the Tool-Star multi-tool bonus (``shaping``), weighted composition (``compose``).
+See docs/rewards.md. Names are imported lazily so that the parsers load without JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # parsing (host, no JAX)
+    "ToolCall": "parse", "ToolCallParse": "parse", "ParsedCompletion": "parse",
+    "parse_completion": "parse", "parse_tool_calls": "parse", "tool_call_blocks": "parse",
+    "first_tool_call_block": "parse", "extract_tag": "parse",
+    # ToolRL
+    "ToolRLRewardConfig": "config", "VARIANTS": "config",
+    "ToolCallBatch": "encode", "encode_batch": "encode", "value_id": "encode", "canonical": "encode",
+    "format_ok": "encode", "think_word_count": "encode",
+    "ToolRLReward": "toolrl", "toolrl_reward": "toolrl", "toolrl_reward_core": "toolrl",
+    "reward_params": "toolrl", "reward_ranges": "toolrl", "score_texts": "toolrl",
+    "reference_reward": "reference",
+    # other rewards
+    "extract_boxed": "math", "MathVerifier": "math", "retool_reward": "math",
+    "OutcomeRewardConfig": "math", "outcome_reward": "math",
+    "OTCConfig": "otc", "otc_reward": "otc", "otc_tool_reward": "otc", "otc_group_min_calls": "otc",
+    "ftrl_turn_counts": "ftrl", "ftrl_turn_reward": "ftrl",
+    "OverlongConfig": "shaping", "dapo_overlong_penalty": "shaping", "ToolStarConfig": "shaping",
+    "tool_star_reward": "shaping", "count_distinct_tools": "shaping",
+    "ComposeConfig": "compose", "compose_rewards": "compose",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
