@@ -45,6 +45,7 @@ __all__ = [
     "think_word_count",
     "parse_ground_truth",
     "encode_batch",
+    "required_shape",
 ]
 
 
@@ -427,3 +428,28 @@ def encode_batch(
             _fill(calls, C, A, out, "pd", b)
     batch = ToolCallBatch(**out)
     return (batch, reasons) if return_reasons else batch
+
+
+def required_shape(completions: Sequence[str], ground_truths: Sequence[str],
+                   config: ToolRLRewardConfig) -> tuple[int, int]:
+    """(calls, arguments) that ``max_calls`` / ``max_args`` need so that nothing overflows.
+
+    Parses every text (ground truths that fail to parse are ignored here; encode reports them).
+    """
+    calls, args = 1, 1
+    nan_ids = itertools.count()
+    for text, gt in zip(completions, ground_truths):
+        try:
+            egt = parse_ground_truth(gt, config, _nan_ids=nan_ids)
+        except DataError:
+            continue
+        found = list(egt.calls)
+        if egt.has_call and isinstance(text, str):
+            ok, pcalls, _ = _encode_prediction(text.strip(), config, nan_ids)
+            if ok:
+                found_p = list(pcalls)
+                calls = max(calls, len(found_p))
+                args = max([args] + [len(c.keys) for c in found_p])
+        calls = max(calls, len(found))
+        args = max([args] + [len(c.keys) for c in found])
+    return calls, args

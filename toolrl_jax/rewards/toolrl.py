@@ -364,7 +364,7 @@ def toolrl_reward_core(batch: ToolCallBatch, step, params: RewardParams, matchin
 
     Args:
       batch: :class:`ToolCallBatch` of ``[B, ...]`` arrays.
-      step: integer training step (scalar; traced).
+      step: integer training step, a scalar or ``[B]`` per-sample steps (traced).
       params: :func:`reward_params` of the config (traced).
       matching: 'greedy' | 'optimal' (static).
 
@@ -372,7 +372,8 @@ def toolrl_reward_core(batch: ToolCallBatch, step, params: RewardParams, matchin
       :class:`ToolRLReward` of ``[B]`` float32 arrays.
     """
     fn = functools.partial(_score_sample, matching=matching)
-    return jax.vmap(fn, in_axes=(0, None, None))(batch, jnp.asarray(step), params)
+    step = jnp.asarray(step)
+    return jax.vmap(fn, in_axes=(0, 0 if step.ndim else None, None))(batch, step, params)
 
 
 _toolrl_reward_jit = jax.jit(toolrl_reward_core, static_argnames=("matching",))
