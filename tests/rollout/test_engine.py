@@ -1,0 +1,259 @@
+"""Multi-turn engine on scripted environments with a real tokenizer (Qwen3).
+
+The policy is an oracle whose next token is looked up from the exact prefix it reads back from
+its KV cache; scripts are built from an independent reference (transformers' Jinja chat
+template renders the observation turns). Generated ids are deliberately non-canonical (a word
+split into two tokens), so a decode/re-encode anywhere in the engine would break the stream.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest, code_extractor
+from toolrl_jax.rollout.sampling import SamplingConfig
+from toolrl_jax.tools import ToolExecutor, function_tool
+
+from ._models import OraclePolicy
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from toolrl_jax.chat import find_test_tokenizer, load_tokenizer
+
+    try:
+        return load_tokenizer(find_test_tokenizer("qwen3"))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"Qwen3 tokenizer not installed: {e}")
+
+
+def pieces_to_ids(tok, pieces):
+    ids = []
+    for p in pieces:
+        ids += tok.encode(p, add_special_tokens=False)
+    return ids
+
+
+def messages_for(k):
+    return [{"role": "system", "content": "You can call add(a, b)."},
+            {"role": "user", "content": f"What is {k} + 2?"}]
+
+
+def reference_prompt(tok, msgs):
+    return list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"])
+
+
+def reference_observation(tok, msgs, turn_text, tool_output):
+    """Ids that follow the assistant's tool-call turn, from transformers' Jinja template."""
+    prefix = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + turn_text
+    full = tok.apply_chat_template(
+        msgs + [{"role": "assistant", "content": turn_text}, {"role": "tool", "content": tool_output}],
+        add_generation_prompt=True, tokenize=False)
+    assert full.startswith(prefix)
+    return tok.encode(full[len(prefix):], add_special_tokens=False)
+
+
+def add_script(scripts, prefix, continuation):
+    for j, t in enumerate(continuation):
+        scripts[tuple(prefix + continuation[:j])] = t
+
+
+def make_add_tool(latency_s=(0.0, 0.0), seed=0):
+    rng = random.Random(seed)
+
+    @function_tool
+    def add(a: int, b: int) -> int:
+        """Adds two integers.
+
+        Args:
+          a: first.
+          b: second.
+        """
+        time.sleep(rng.uniform(*latency_s))
+        return a + b
+
+    return add
+
+
+def scripted_add_episode(tok, k, *, long_answer=0):
+    """Expected ids of request k: prompt, turn 1 (tool call), observation, turn 2 (answer)."""
+    msgs = messages_for(k)
+    prompt = reference_prompt(tok, msgs)
+    turn1_pieces = ["<tool_call>", '\n{"name": "add", "argu', 'ments": {"a": ', str(k), ', "b": 2}}\n', "</tool_call>"]
+    turn1 = pieces_to_ids(tok, turn1_pieces)
+    turn1_text = "".join(turn1_pieces)
+    assert tok.encode(tok.decode(turn1), add_special_tokens=False) != turn1  # non-canonical on purpose
+    obs = reference_observation(tok, msgs, turn1_text, str(k + 2))
+    turn2 = pieces_to_ids(tok, ["The ans", "wer is ", str(k + 2), "." + " ok" * long_answer, "<|im_end|>"])
+    return msgs, prompt, turn1, obs, turn2
+
+
+def test_scripted_multi_turn_stream_is_reproduced_exactly(qwen):
+    tok = qwen
+    episodes = {k: scripted_add_episode(tok, k) for k in range(5)}
+    scripts = {}
+    for k, (msgs, prompt, turn1, obs, turn2) in episodes.items():
+        add_script(scripts, prompt, turn1)
+        add_script(scripts, prompt + turn1 + obs, turn2)
+    policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
+    executor = ToolExecutor([make_add_tool((0.0, 0.05))], timeout_s=5.0)
+    config = RolloutConfig(num_slots=2, max_new_tokens=48, max_total_len=256, max_turns=4,
+                           chunk_steps=5, sampling=GREEDY, observation_format="hermes", pad_multiple=8)
+    engine = RolloutEngine(policy, config, tokenizer=tok, executor=executor,
+                           init_cache=policy.init_cache)
+    requests = [RolloutRequest(messages=episodes[k][0], group_id=10 + k) for k in range(5)]
+    traj = engine.run(requests)
+
+    assert traj.tokens.shape[1] % 8 == 0
+    for k, (msgs, prompt, turn1, obs, turn2) in episodes.items():
+        expected = prompt + turn1 + obs + turn2
+        mask = [0] * len(prompt) + [1] * len(turn1) + [0] * len(obs) + [1] * len(turn2)
+        n = len(expected)
+        assert traj.lengths[k] == n
+        assert traj.tokens[k, :n].tolist() == expected
+        assert traj.loss_mask[k, :n].tolist() == mask
+        assert traj.loss_mask[k, n:].sum() == 0
+        assert traj.prompt_lengths[k] == len(prompt)
+        assert traj.group_ids[k] == 10 + k and traj.uids[k] == k
+        t1 = len(prompt)
+        t2 = t1 + len(turn1) + len(obs)
+        assert traj.num_turns[k] == 2
+        assert traj.turn_starts[k].tolist()[:2] == [t1, t2]
+        assert traj.turn_ends[k].tolist()[:2] == [t1 + len(turn1), t2 + len(turn2)]
+        assert traj.stop_reasons[k] == "eos"
+        assert traj.num_tool_calls[k] == 1
+        call = traj.tool_calls[k][0]
+        assert (call["name"], call["arguments"], call["ok"], call["text"], call["turn"]) == (
+            "add", {"a": k, "b": 2}, True, str(k + 2), 0)
+        # the oracle is greedy-certain: sampler log-probs of policy tokens are ~0, masked are 0
+        assert np.all(traj.sample_logprobs[k, :n][np.array(mask) == 1] > -1e-3)
+        assert np.all(traj.sample_logprobs[k, :n][np.array(mask) == 0] == 0)
+
+
+def test_max_turns_parse_errors_and_observation_truncation(qwen):
+    tok = qwen
+    msgs = messages_for(1)
+    prompt = reference_prompt(tok, msgs)
+    bad_call = pieces_to_ids(tok, ["<tool_call>", "\n{not json}\n", "</tool_call>"])
+    long_call = pieces_to_ids(tok, ["<tool_call>", '\n{"name": "echo", "arguments": {"n": 400}}\n', "</tool_call>"])
+
+    @function_tool
+    def echo(n: int) -> str:
+        """Repeats a word n times.
+
+        Args:
+          n: repetitions.
+        """
+        return " word" * n
+
+    # request 0: malformed call, then the long call, then (turn 3 = max_turns) another call
+    engine_cfg = RolloutConfig(num_slots=1, max_new_tokens=32, max_total_len=512, max_turns=3,
+                               max_obs_tokens=20, chunk_steps=8, sampling=GREEDY, pad_multiple=1)
+    # build the script by running the engine's own observation rendering? No: follow the
+    # stream turn by turn with a permissive oracle that only scripts generated turns.
+    scripts = {}
+    add_script(scripts, prompt, bad_call)
+    policy_holder = {}
+
+    def run(scripts):
+        policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=1024, default_token=tok.eos_token_id)
+        engine = RolloutEngine(policy, engine_cfg, tokenizer=tok,
+                               executor=ToolExecutor([echo], timeout_s=5.0), init_cache=policy.init_cache)
+        policy_holder["engine"] = engine
+        return engine.run([RolloutRequest(messages=msgs)])
+
+    # turn 1 only scripted: after the parse-error observation the oracle emits eos
+    traj = run(scripts)
+    n1 = traj.turn_ends[0, 0]
+    obs1 = traj.tokens[0, n1: traj.turn_starts[0, 1]].tolist()
+    obs1_text = tok.decode(obs1)
+    assert traj.tool_calls[0][0]["error_kind"] == "parse_error"
+    assert "<tool_response>" in obs1_text and "Error" in obs1_text
+    assert traj.loss_mask[0, n1: n1 + len(obs1)].sum() == 0
+    # now script turn 2 (the long call) and turn 3 (a third call, refused by max_turns)
+    add_script(scripts, prompt + bad_call + obs1, long_call)
+    traj = run(scripts)
+    start2, end2 = traj.turn_starts[0, 1], traj.turn_ends[0, 1]
+    assert traj.tokens[0, start2:end2].tolist() == long_call
+    obs2 = traj.tokens[0, end2: traj.turn_starts[0, 2]].tolist()
+    obs2_text = tok.decode(obs2)
+    assert obs2_text.count(" word") <= 20 and engine_cfg.truncation_marker in obs2_text
+    body = obs2_text.split("<tool_response>\n")[1].split("\n</tool_response>")[0]
+    assert len(tok.encode(body, add_special_tokens=False)) <= 20 + len(tok.encode(engine_cfg.truncation_marker))
+    add_script(scripts, prompt + bad_call + obs1 + long_call + obs2, long_call)
+    traj = run(scripts)
+    assert traj.num_turns[0] == 3 and traj.stop_reasons[0] == "max_turns"
+    assert traj.num_tool_calls[0] == 2  # parse error + echo; the third call never ran
+    assert traj.tokens[0, traj.turn_starts[0, 2]: traj.lengths[0]].tolist() == long_call
+
+
+def test_retool_interpreter_inline(qwen):
+    """ReTool format: stop at </code>, run the code tool, append <interpreter> inside the turn."""
+    tok = qwen
+    msgs = [{"role": "user", "content": "Compute 6*7 with code."}]
+    prompt = reference_prompt(tok, msgs)
+    seg1 = pieces_to_ids(tok, ["Let me compute.\n<code>\n```python\nprint(6*7)\n```\n</code>"])
+    expected_obs = tok.encode("\n<interpreter>\n42\n\n</interpreter>\n", add_special_tokens=False)
+    seg2 = pieces_to_ids(tok, ["The answer is \\boxed{42}.", "<|im_end|>"])
+    scripts = {}
+    add_script(scripts, prompt, seg1)
+    add_script(scripts, prompt + seg1 + expected_obs, seg2)
+    seen = []
+
+    @function_tool
+    def python(code: str) -> str:
+        """Runs code (fake interpreter for the test).
+
+        Args:
+          code: source.
+        """
+        seen.append(code)
+        return "42\n"
+
+    policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
+    config = RolloutConfig(num_slots=1, max_new_tokens=40, max_total_len=256, max_turns=3,
+                           observation_format="interpreter", tool_stop_strings=("</code>",),
+                           sampling=GREEDY, pad_multiple=1)
+    engine = RolloutEngine(policy, config, tokenizer=tok, executor=ToolExecutor([python]),
+                           extract_calls=code_extractor("python"), init_cache=policy.init_cache)
+    traj = engine.run([RolloutRequest(messages=msgs)])
+    assert seen == ["print(6*7)"]
+    assert traj.tokens[0, : traj.lengths[0]].tolist() == prompt + seg1 + expected_obs + seg2
+    assert traj.loss_mask[0, : traj.lengths[0]].tolist() == (
+        [0] * len(prompt) + [1] * len(seg1) + [0] * len(expected_obs) + [1] * len(seg2))
+    assert traj.stop_reasons[0] == "eos"
+
+
+def test_refill_keeps_slots_busy_with_random_latency_tools(qwen):
+    """One long answer per wave of 4 and 0-200 ms tools: continuous refill keeps more slots
+    decoding than batch-synchronous waves (which wait for their longest member), and both
+    produce exactly the scripted trajectories."""
+    tok = qwen
+    scripts, expected = {}, {}
+    for k in range(12):
+        msgs, prompt, turn1, obs, turn2 = scripted_add_episode(tok, k, long_answer=100 if k % 4 == 0 else 0)
+        add_script(scripts, prompt, turn1)
+        add_script(scripts, prompt + turn1 + obs, turn2)
+        expected[k] = (msgs, prompt + turn1 + obs + turn2)
+    policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
+    results = {}
+    for refill in (True, False):
+        config = RolloutConfig(num_slots=4, max_new_tokens=128, max_total_len=256, max_turns=2,
+                               chunk_steps=8, sampling=GREEDY, refill=refill, pad_multiple=1)
+        engine = RolloutEngine(policy, config, tokenizer=tok,
+                               executor=ToolExecutor([make_add_tool((0.0, 0.2), seed=1)], max_workers=8),
+                               init_cache=policy.init_cache)
+        traj = engine.run([RolloutRequest(messages=expected[k][0], group_id=k) for k in range(12)])
+        for k in range(12):
+            assert traj.tokens[k, : traj.lengths[k]].tolist() == expected[k][1]
+        results[refill] = traj.stats
+    on, off = results[True], results[False]
+    assert on["active_row_steps"] == off["active_row_steps"]  # same work
+    assert on["slot_utilisation"] > off["slot_utilisation"] + 0.15, (on, off)
+    assert on["decode_steps"] < off["decode_steps"]
