@@ -291,13 +291,20 @@ def load_hf_state(
 
 
 def _slice_reader(t: Any, transpose: bool, dtype: np.dtype) -> Callable[[tuple], np.ndarray]:
+    """Callback for ``make_array_from_callback``: reads one device's block (our layout).
+
+    Blocks are memoised per index for the duration of one parameter's load, so devices that
+    hold the same block (replicated axes) share one host read.
+    """
+    memo: dict[tuple, np.ndarray] = {}
+
     def read(index: tuple[slice, ...]) -> np.ndarray:
         index = tuple(index)
-        if transpose:
-            out = _read(t, index[::-1]).T
-        else:
-            out = _read(t, index)
-        return np.ascontiguousarray(out.astype(dtype, copy=False))
+        key = tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in index)
+        if key not in memo:
+            out = _read(t, index[::-1]).T if transpose else _read(t, index)
+            memo[key] = np.ascontiguousarray(out.astype(dtype, copy=False))
+        return memo[key]
 
     return read
 
