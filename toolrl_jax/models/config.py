@@ -128,6 +128,9 @@ class ModelConfig:
             raise ConfigError("qk_norm=True is only defined for model_type='qwen3'")
         if isinstance(self.eos_token_ids, list):
             object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
+        if isinstance(self.rope_scaling, Mapping):  # keep the config hashable
+            rs = {k: v for k, v in self.rope_scaling.items() if k not in ("rope_type", "type")}
+            object.__setattr__(self, "rope_scaling", Llama3RopeScaling(**rs))
 
     # ----------------------------------------------------------------- derived
     @property

@@ -241,9 +241,7 @@ def initialize_distributed_if_needed() -> bool:
     a single-host TPU VM) it does nothing. Must run before any other JAX call; safe to call
     twice. Returns True when the distributed runtime is (now) initialised.
     """
-    from jax._src import distributed as _dist
-
-    if getattr(_dist.global_state, "client", None) is not None:
+    if jax.distributed.is_initialized():
         return True
     kind = _multi_host_env()
     if kind is None:
