@@ -152,8 +152,8 @@ class TrainState:
     """All mutable training state in one pytree (what a checkpoint saves).
 
     Attributes:
-      params: nested dict of parameter arrays (``nnx.split(model, nnx.Param)[1]
-        .to_pure_dict()``), master dtype.
+      params: nested dict of parameter arrays (``nnx.to_pure_dict`` of the model's
+        ``nnx.Param`` state, see :func:`split_model`), master dtype.
       opt_state: optax state of :func:`make_optimizer`.
       step: int32 scalar, optimizer steps taken.
       rng: uint32 ``[2]`` raw PRNG key, split once per step (for stochastic extensions).
@@ -197,7 +197,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
     """``(graphdef, params)`` with params as a plain nested dict (layers keyed by int)."""
     graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, params.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(params)
 
 
 def _path_key(path) -> tuple:
@@ -452,8 +452,8 @@ class Learner:
         metrics = dict(metrics)
         metrics.update(
             loss=loss,
-            grad_norm=optax.global_norm(grads),
-            update_norm=optax.global_norm(updates),
+            grad_norm=optax.tree.norm(grads),
+            update_norm=optax.tree.norm(updates),
             learning_rate=jnp.asarray(self.schedule(state.step), jnp.float32),
             step=state.step + 1,
         )
