@@ -60,24 +60,30 @@ def test_gguf_names_to_hf():
         gguf_name_to_hf("blk.0.ssm_conv1d.weight")
 
 
-def _tiny_torch_llama(tie: bool) -> transformers.LlamaForCausalLM:
-    cfg = transformers.LlamaConfig(
+def _tiny_torch(arch: str, tie: bool):
+    common = dict(
         vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
-        rope_theta=50000.0, max_position_embeddings=256, tie_word_embeddings=tie,
-        bos_token_id=1, eos_token_id=2, initializer_range=0.2,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=50000.0,
+        max_position_embeddings=256, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+        initializer_range=0.2,
     )
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, head_dim=16))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+    model = model.eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.2 if name.endswith("weight") else 0.5)
     return model
 
 
-def _write_tiny_gguf(path, model: transformers.LlamaForCausalLM, arch: str = "llama") -> None:
-    """Convert like llama.cpp: permute q/k rows, Q8_0 token embedding, F32 elsewhere."""
+def _write_tiny_gguf(path, model, arch: str = "llama") -> None:
+    """Convert like llama.cpp: permute Llama q/k rows, Q8_0 token embedding, F32 elsewhere."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
@@ -88,7 +94,7 @@ def _write_tiny_gguf(path, model: transformers.LlamaForCausalLM, arch: str = "ll
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_rope_freq_base(50000.0)  # transformers 5 keeps it in c.rope_parameters
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(c.vocab_size)])
     w.add_bos_token_id(1)
@@ -104,15 +110,15 @@ def _write_tiny_gguf(path, model: transformers.LlamaForCausalLM, arch: str = "ll
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue
         arr = t.numpy().astype(np.float32)
-        module = name.removeprefix("model.").rsplit(".", 1)[0]
+        module, kind = name.removeprefix("model.").rsplit(".", 1)
         if module.startswith("layers."):
             _, i, sub = module.split(".", 2)
-            gname = f"blk.{i}.{inverse[sub]}.weight"
+            gname = f"blk.{i}.{inverse[sub]}.{kind}"
         else:
-            gname = f"{inverse[module]}.weight"
-        if gname.endswith("attn_q.weight"):
+            gname = f"{inverse[module]}.{kind}"
+        if arch == "llama" and ".attn_q." in gname:
             arr = llama_cpp_permute(arr, c.num_attention_heads)
-        elif gname.endswith("attn_k.weight"):
+        elif arch == "llama" and ".attn_k." in gname:
             arr = llama_cpp_permute(arr, c.num_key_value_heads)
         if gname == "token_embd.weight":
             q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
@@ -129,18 +135,20 @@ def _write_tiny_gguf(path, model: transformers.LlamaForCausalLM, arch: str = "ll
     w.close()
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_tiny_gguf_loads_with_transformers_logits(tmp_path, tie):
-    ref = _tiny_torch_llama(tie)
+@pytest.mark.parametrize("arch,tie", [("llama", True), ("llama", False), ("qwen2", False)])
+def test_tiny_gguf_loads_with_transformers_logits(tmp_path, arch, tie):
+    ref = _tiny_torch(arch, tie)
     path = tmp_path / "tiny.gguf"
-    _write_tiny_gguf(path, ref)
+    _write_tiny_gguf(path, ref, arch)
     hf_config, tensors = gguf_to_hf_tensors(path)
     assert hf_config["tie_word_embeddings"] is tie
+    assert hf_config["model_type"] == arch
     assert (hf_config["num_attention_heads"], hf_config["num_key_value_heads"], hf_config["head_dim"]) == (4, 2, 16)
     assert hf_config["vocab_size"] == 128 and hf_config["rope_theta"] == 50000.0
     sd = ref.state_dict()
-    for name in ("model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-                 "model.embed_tokens.weight"):
+    names = ["model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+             "model.embed_tokens.weight"] + (["model.layers.1.self_attn.k_proj.bias"] if arch == "qwen2" else [])
+    for name in names:
         np.testing.assert_array_equal(tensors[name], sd[name].numpy())
     assert ("lm_head.weight" in tensors) is (not tie)
 

@@ -99,36 +99,17 @@ def _open_reader(path: str | pathlib.Path):
 
 
 def _field_value(reader, key: str, default: Any = None) -> Any:
-    """A scalar or string metadata value (``None``/default when absent). Arrays: use _field_len."""
+    """A scalar or string metadata value (``default`` when absent). Arrays: use _field_len."""
     field = reader.fields.get(key)
     if field is None:
         return default
-    value = field.contents()
-    return value
+    return field.contents()
 
 
 def _field_len(reader, key: str) -> int | None:
     """Number of elements of an array field without decoding them (49k tokens decode slowly)."""
     field = reader.fields.get(key)
     return None if field is None else len(field.data)
-
-
-def gguf_metadata(path: str | pathlib.Path) -> dict[str, Any]:
-    """Scalar and string metadata of a GGUF file (array fields reported by their length).
-
-    Keys are GGUF's (``general.architecture``, ``llama.block_count``, ...); arrays such as
-    ``tokenizer.ggml.tokens`` become ``{"length": n}`` to stay cheap.
-    """
-    reader = _open_reader(path)
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if len(field.data) > 1 and len(field.types) and field.types[0].name == "ARRAY":
-            out[key] = {"length": len(field.data)}
-        else:
-            out[key] = field.contents()
-    return out
 
 
 def gguf_hf_config(reader_or_path) -> dict[str, Any]:
@@ -328,25 +309,6 @@ def gguf_to_hf_tensors(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[s
     """``(hf_config_dict, {hf_name: float32 array})`` with every tensor dequantized (eager)."""
     hf_config, tensors = read_gguf(path)
     return hf_config, {name: tensors.array(name) for name in tensors}
-
-
-def gguf_tokenizer_config(path: str | pathlib.Path) -> dict[str, Any]:
-    """Tokenizer-related scalar metadata: chat template, special ids, add_bos (no vocab decode)."""
-    reader = _open_reader(path)
-    out: dict[str, Any] = {}
-    for key in (
-        "tokenizer.chat_template",
-        "tokenizer.ggml.model",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.padding_token_id",
-        "tokenizer.ggml.unknown_token_id",
-        "tokenizer.ggml.add_bos_token",
-    ):
-        value = _field_value(reader, key)
-        if value is not None:
-            out[key.rsplit(".", 1)[-1]] = value
-    return out
 
 
 def load_gguf(
