@@ -189,3 +189,15 @@ def test_ground_truth_fallback_to_last_block():
           '\n</tool_call>')
     batch = encode_batch([gt], [gt], ToolRLRewardConfig())
     assert batch.gt_call_valid[0].sum() == 1
+
+
+def test_encode_reuses_parsed_completions():
+    gt = _text([{"name": "A", "parameters": {"x": 1}}, {"name": "B", "parameters": {}}])
+    texts = [_text([{"name": "A", "parameters": {"x": 1}}]), gt, "<think>t</think>\n<response>r</response>",
+             "<tool_call>\n{\"name\": \"A\", \"arguments\": {\"x\": 1}}\n</tool_call>"]
+    for syntax in ("toolrl", "auto", "hermes"):
+        cfg = ToolRLRewardConfig(syntax=syntax)
+        a = encode_batch(texts, [gt] * 4, cfg)
+        b = encode_batch([parse_completion(t, "auto") for t in texts], [gt] * 4, cfg)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

@@ -34,7 +34,7 @@ import numpy as np
 
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.rewards.config import ToolRLRewardConfig
-from toolrl_jax.rewards.parse import MAX_DEPTH, first_tool_call_block, parse_completion
+from toolrl_jax.rewards.parse import MAX_DEPTH, ParsedCompletion, first_tool_call_block, parse_completion
 
 __all__ = [
     "ToolCallBatch",
@@ -255,19 +255,36 @@ class EncodedGroundTruth(NamedTuple):
 
 
 def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> _Call:
+    """Ids of one call. ``whole=None`` means the whole call is ``{"name": name, "parameters": params}``,
+    whose canonical form is then assembled from the parts' (each value canonicalised once)."""
     bad = not isinstance(params, dict)
     try:
         hash(name)
         unhashable = False
     except TypeError:
         unhashable = True
+    lenient = equality == "lenient"
+
+    def canon(v):
+        try:
+            return _canon(v, lenient, nan_ids, 1)
+        except (_TooDeep, RecursionError):
+            raise ValueError(f"value nested deeper than {MAX_DEPTH}") from None
+
+    c_name = canon(name)
     keys: tuple[int, ...] = ()
     vals: tuple[int, ...] = ()
     if not bad:
-        keys = tuple(value_id(k, equality, _nan_ids=nan_ids) for k in params)
-        vals = tuple(value_id(v, equality, _nan_ids=nan_ids) for v in params.values())
-    return _Call(value_id(name, equality, _nan_ids=nan_ids), value_id(whole, equality, _nan_ids=nan_ids),
-                 keys, vals, bad, unhashable)
+        cks = [canon(k) for k in params]
+        cvs = [canon(v) for v in params.values()]
+        keys = tuple(_hash32(c) for c in cks)
+        vals = tuple(_hash32(c) for c in cvs)
+    if whole is None:
+        c_params = "{" + ",".join(sorted(k + ":" + v for k, v in zip(cks, cvs))) + "}" if not bad else canon(params)
+        c_whole = "{" + ",".join(sorted([canon("name") + ":" + c_name, canon("parameters") + ":" + c_params])) + "}"
+    else:
+        c_whole = canon(whole)
+    return _Call(_hash32(c_name), _hash32(c_whole), keys, vals, bad, unhashable)
 
 
 def _json_lines(block: str) -> list | None:
@@ -303,7 +320,7 @@ def parse_ground_truth(ground_truth: str, config: ToolRLRewardConfig, *, _nan_id
     for k, obj in enumerate(raw, 1):
         if not isinstance(obj, dict) or "name" not in obj or not isinstance(obj.get("parameters"), dict):
             raise DataError(f"ground truth call {k} needs 'name' and an object 'parameters'")
-        whole = obj if config.released_quirks else {"name": obj["name"], "parameters": obj["parameters"]}
+        whole = obj if config.released_quirks else None
         try:
             calls.append(_encode_call(obj["name"], obj["parameters"], whole, config.equality, nan_ids))
         except ValueError as e:
@@ -311,8 +328,9 @@ def parse_ground_truth(ground_truth: str, config: ToolRLRewardConfig, *, _nan_id
     return EncodedGroundTruth(True, tuple(calls))
 
 
-def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids) -> tuple[bool, tuple[_Call, ...], str]:
-    """(ok, calls, reason) for a stripped completion text."""
+def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
+                       parsed: ParsedCompletion | None = None) -> tuple[bool, tuple[_Call, ...], str]:
+    """(ok, calls, reason) for a stripped completion text (``parsed``: its parse, if done already)."""
     if len(text) > config.max_chars:
         return False, (), f"completion longer than max_chars={config.max_chars}"
     if config.released_quirks:
@@ -331,7 +349,8 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids) -> tuple[
             except ValueError as e:
                 return False, (), f"call {k}: {e}"
         return True, tuple(calls), ""
-    parsed = parse_completion(text, config.syntax, max_chars=config.max_chars)
+    if parsed is None:
+        parsed = parse_completion(text, config.syntax, max_chars=config.max_chars)
     if not parsed.has_tool_call:
         return False, (), "no <tool_call>"
     if not parsed.ok:
@@ -339,8 +358,7 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids) -> tuple[
     calls = []
     for k, c in enumerate(parsed.tool_calls, 1):
         try:
-            calls.append(_encode_call(c.name, c.arguments, {"name": c.name, "parameters": c.arguments},
-                                      config.equality, nan_ids))
+            calls.append(_encode_call(c.name, c.arguments, None, config.equality, nan_ids))
         except ValueError as e:
             return False, (), f"call {k}: {e}"
     return True, tuple(calls), ""
@@ -361,7 +379,7 @@ def _fill(calls: Sequence[_Call], C: int, A: int, out: dict, side: str, b: int) 
 
 
 def encode_batch(
-    completions: Sequence[str],
+    completions: Sequence[str | ParsedCompletion],
     ground_truths: Sequence[str],
     config: ToolRLRewardConfig,
     *,
@@ -370,7 +388,10 @@ def encode_batch(
     """Encode B (completion, ground truth) pairs into a :class:`ToolCallBatch` of numpy arrays.
 
     Args:
-      completions: assistant texts (stripped here, as the released code strips them).
+      completions: assistant texts (stripped here, as the released code strips them), or their
+        :func:`~toolrl_jax.rewards.parse.parse_completion` results when the caller (e.g. the
+        rollout engine) parsed them already: their calls are reused, not parsed again (with
+        ``released_quirks`` the raw text is re-read by the released rule).
       ground_truths: ToolRL target texts (each distinct text is parsed once per call).
       config: shapes (max_calls, max_args), equality, syntax, released_quirks.
       return_reasons: also return a list of per-sample parse-failure reasons ('' when fine).
@@ -410,6 +431,11 @@ def encode_batch(
             raise ConfigError(f"sample {b}: ground truth has {len(egt.calls)} calls / "
                               f"{max((len(c.keys) for c in egt.calls), default=0)} arguments, more than "
                               f"max_calls={C} / max_args={A}; raise them in the reward config")
+        parsed = None
+        if isinstance(text, ParsedCompletion):
+            same = text.syntax in ("", config.syntax) and len(text.tool_call_blocks) <= 1
+            parsed = text if (config.syntax == "auto" or same) else None
+            text = text.text
         text = text.strip() if isinstance(text, str) else ""
         out["format_ok"][b] = format_ok(text, gt)
         out["has_think"][b], out["think_words"][b] = think_word_count(text)
@@ -418,7 +444,7 @@ def encode_batch(
         _fill(egt.calls, C, A, out, "gt", b)
         if not egt.has_call:
             continue  # correctness does not read the prediction's calls
-        ok, calls, reason = _encode_prediction(text, config, nan_ids)
+        ok, calls, reason = _encode_prediction(text, config, nan_ids, parsed)
         if ok and (len(calls) > C or any(len(c.keys) > A for c in calls)):
             out["pd_overflow"][b] = True
             reason = f"prediction has more than max_calls={C} calls or max_args={A} arguments"
