@@ -51,7 +51,8 @@ def llama():
 
 def test_bucketing():
     assert [bucket_length(n) for n in (1, 16, 17, 100, 512, 513, 1100)] == [16, 16, 32, 128, 512, 1024, 1536]
-    assert [bucket_rows(n, 12) for n in (1, 2, 3, 5, 9, 12)] == [1, 2, 4, 8, 12, 12]
+    assert [bucket_rows(n, 12) for n in (1, 2, 4, 5, 9, 12)] == [1, 4, 4, 12, 12, 12]
+    assert [bucket_rows(n, 64) for n in (1, 3, 5, 17, 64)] == [1, 4, 16, 64, 64]
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])

@@ -235,6 +235,10 @@ class RolloutEngine:
         tokenizer's EOS, else ``model.config.eos_token_ids``.
       stop_sequences / tool_stop_sequences: extra stop id sequences (ending the trajectory /
         triggering tools), added to those from the config's strings.
+      render_observation: ``f(turn_ids, results) -> ids`` to append after a tool turn, where
+        ``results`` are ``(tool name, text)`` pairs; replaces the chat-template rendering (for
+        environments with their own format, or tokenizer-free benchmarks).
+      decode_text: ``f(ids) -> str`` used to parse calls; default ``tokenizer.decode``.
       init_cache: passed to the sampler (tests with fake models).
       jit_wrapper: passed to the sampler.
     """
@@ -251,10 +255,14 @@ class RolloutEngine:
         eos_ids: Sequence[int] | None = None,
         stop_sequences: Sequence[Sequence[int]] = (),
         tool_stop_sequences: Sequence[Sequence[int]] = (),
+        render_observation: Callable[[list[int], list[tuple[str, str]]], list[int]] | None = None,
+        decode_text: Callable[[list[int]], str] | None = None,
         init_cache: Callable | None = None,
         jit_wrapper: Callable | None = None,
     ):
         self.config = config
+        self.render_observation = render_observation
+        self.decode_text = decode_text
         self.tokenizer = tokenizer
         self.executor = executor
         self.template = template
@@ -265,8 +273,9 @@ class RolloutEngine:
         self.multi_turn = config.max_turns > 1 and executor is not None
         if config.max_turns > 1 and executor is None:
             raise ConfigError("rollout.max_turns > 1 needs a ToolExecutor (executor=...)")
-        if self.multi_turn and tokenizer is None:
-            raise ConfigError("multi-turn rollouts need the tokenizer (to render tool results)")
+        if self.multi_turn and tokenizer is None and (render_observation is None or decode_text is None):
+            raise ConfigError("multi-turn rollouts need the tokenizer (or render_observation and "
+                              "decode_text) to read calls and render tool results")
         self.extract_calls = extract_calls or tool_call_extractor(config.tool_call_syntax)
 
         if eos_ids is None:
@@ -327,7 +336,7 @@ class RolloutEngine:
             prompt = conv.ids
         elif request.prompt_ids is not None:
             prompt = [int(t) for t in request.prompt_ids]
-            if self.multi_turn:
+            if self.multi_turn and self.render_observation is None:
                 from toolrl_jax.chat import Conversation
 
                 conv = Conversation(tokenizer=self.tokenizer, template=self.template,
@@ -349,6 +358,8 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ observations
     def _truncate_result(self, text: str) -> str:
+        if self.tokenizer is None:
+            return text
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) <= self.config.max_obs_tokens:
             return text
@@ -357,6 +368,9 @@ class RolloutEngine:
     def _observation_ids(self, slot: _Slot, turn_ids: list[int], results: list[tuple[str, str]]) -> list[int]:
         """Render ``results`` ((name, text) pairs) after the turn; returns the ids to append
         (closing tokens, the observation message, the next generation prompt)."""
+        if self.render_observation is not None:
+            return [int(t) for t in self.render_observation(
+                list(turn_ids), [(n, self._truncate_result(t)) for n, t in results])]
         conv = slot.conversation
         fmt = self.config.observation_format
         conv.append_generated(turn_ids, end_of_turn=False)
@@ -376,7 +390,8 @@ class RolloutEngine:
         return list(conv.ids[start:])
 
     # ------------------------------------------------------------------ main loop
-    def run(self, requests: Sequence[RolloutRequest | Sequence[int]]) -> Trajectory:
+    def run(self, requests: Sequence[RolloutRequest | Sequence[int]], *,
+            refill: bool | None = None) -> Trajectory:
         """Roll out every request; rows of the result are in request order (uid = index).
 
         ``Trajectory.stats`` holds: ``generated_tokens``, ``wall_s``, ``tokens_per_s``;
@@ -384,8 +399,10 @@ class RolloutEngine:
         spent on live rows); ``slot_occupancy`` = time-average fraction of slots decoding
         (0 while every slot waits for tools); ``decode_time_fraction``; counts of decode /
         extend calls, decode steps, tool turns; seconds in decode, extend and waiting.
+        ``refill`` overrides ``config.refill`` for this call (the compiled programs are shared).
         """
         cfg = self.config
+        refill = cfg.refill if refill is None else bool(refill)
         requests = [r if isinstance(r, RolloutRequest) else RolloutRequest(prompt_ids=list(r))
                     for r in requests]
         b = cfg.num_slots
@@ -416,7 +433,7 @@ class RolloutEngine:
                     else:
                         pending_extends.append((i, chunk, False, slot.record.uid))
             # (2) admission of waiting requests into free slots
-            if queue and (cfg.refill or all(s is None for s in slots)):
+            if queue and (refill or all(s is None for s in slots)):
                 for i in range(b):
                     if slots[i] is None and queue:
                         uid, request = queue.popleft()
@@ -511,7 +528,11 @@ class RolloutEngine:
             return finish(i, "stop_sequence")
         if len(slot.record.turn_starts) >= self.config.max_turns:
             return finish(i, "max_turns")
-        text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)  # parsing only
+        # the text is for parsing only; the ids stay the truth
+        if self.decode_text is not None:
+            text = self.decode_text(turn_ids)
+        else:
+            text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
         calls, why = self.extract_calls(text)
         slot.calls, slot.parse_error = calls, why
         slot.submitted_at = time.perf_counter()

@@ -12,8 +12,8 @@ the state forward, both donating it (the cache is updated in place):
     ``[R, T, V]``), samples the first token of the new turn and checks its stop. Only the ``R``
     touched slots are gathered from the cache, run through the model and scattered back, so
     admitting one prompt costs ``T`` tokens of compute, not ``B * T``. ``R`` and ``T`` are
-    bucketed (powers of two; lengths beyond 512 in multiples of 512): a run compiles a handful of
-    programs.
+    bucketed (``R``: powers of four up to ``B``; ``T``: powers of two from 16, beyond 512
+    multiples of 512): a run compiles a handful of programs.
 
 ``decode(num_steps)``
     a ``lax.while_loop`` of one-token steps over all ``B`` slots until ``num_steps`` steps ran or
@@ -69,10 +69,11 @@ def bucket_length(n: int, *, minimum: int = 16, pow2_until: int = 512) -> int:
 
 
 def bucket_rows(n: int, batch_size: int) -> int:
-    """Smallest power of two >= n, capped at ``batch_size``."""
+    """Smallest power of four >= n (1, 4, 16, 64, ...), capped at ``batch_size``: few programs,
+    at most 4x padding rows (whose compute is small next to the decode of the whole batch)."""
     size = 1
     while size < n:
-        size *= 2
+        size *= 4
     return min(size, batch_size)
 
 
