@@ -16,6 +16,7 @@ import transformers
 from flax import nnx
 
 from toolrl_jax.errors import ModelLoadError
+from toolrl_jax.models import gguf as gguf_module
 from toolrl_jax.models.gguf import (
     find_smollm2_gguf,
     gguf_hf_config,
@@ -136,7 +137,7 @@ def _write_tiny_gguf(path, model, arch: str = "llama") -> None:
 
 
 @pytest.mark.parametrize("arch,tie", [("llama", True), ("llama", False), ("qwen2", False)])
-def test_tiny_gguf_loads_with_transformers_logits(tmp_path, arch, tie):
+def test_tiny_gguf_loads_with_transformers_logits(tmp_path, monkeypatch, arch, tie):
     ref = _tiny_torch(arch, tie)
     path = tmp_path / "tiny.gguf"
     _write_tiny_gguf(path, ref, arch)
@@ -151,6 +152,18 @@ def test_tiny_gguf_loads_with_transformers_logits(tmp_path, arch, tie):
     for name in names:
         np.testing.assert_array_equal(tensors[name], sd[name].numpy())
     assert ("lm_head.weight" in tensors) is (not tie)
+
+    # Lazy access: shape without reading; slices of one LazyTensor dequantize once.
+    _, lazy = read_gguf(path)
+    q = lazy["model.layers.1.self_attn.q_proj.weight"]
+    assert q.shape == (64, 64) and q.get_shape() == [64, 64]
+    calls = []
+    real = gguf_module._dequantize
+    monkeypatch.setattr(gguf_module, "_dequantize", lambda t: calls.append(t.name) or real(t))
+    np.testing.assert_array_equal(q[0:16, 32:64], sd["model.layers.1.self_attn.q_proj.weight"].numpy()[0:16, 32:64])
+    np.testing.assert_array_equal(np.asarray(q), sd["model.layers.1.self_attn.q_proj.weight"].numpy())
+    monkeypatch.undo()
+    assert calls == ["blk.1.attn_q.weight"]
 
     model, config = load_gguf(path)
     assert config.tie_word_embeddings is tie and config.eos_token_ids == (2,)

@@ -252,6 +252,13 @@ def build_model_from_hf_tensors(
         raise ModelLoadError(f"{source}: {e}") from e
     except (ToolRLError, KeyError, ValueError) as e:
         raise ModelLoadError(f"{source}: weights do not fit the config: {e}") from e
+    if strict:
+        import jax
+        from flax import nnx
+
+        for path, node in nnx.iter_graph(model):
+            if isinstance(node, nnx.Variable) and isinstance(node.get_value(), jax.ShapeDtypeStruct):
+                raise ModelLoadError(f"{source}: model variable {'.'.join(map(str, path))} was not loaded")
     return model, config
 
 
