@@ -213,7 +213,7 @@ def test_export_round_trip_into_transformers():
         exported = export_hf_state(model)
         assert list(exported) == expected_hf_names(cfg)
         tm = torch_model(cfg, seed=5)
-        missing, unexpected = tm.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=False)
+        missing, unexpected = tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in exported.items()}, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}
         if cfg.tie_word_embeddings:
             assert tm.lm_head.weight.data_ptr() == tm.model.embed_tokens.weight.data_ptr()
