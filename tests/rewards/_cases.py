@@ -178,7 +178,7 @@ def generate_cases(n: int = 600, seed: int = 0, data_dir: pathlib.Path = DATA) -
         think, calls, resp = _split(gt)
         r = rng.random()
         if calls is None:  # response-only ground truth
-            choice = rng.choice(["same", "call", "no_think", "both", "garbage"])
+            choice = rng.choice(["same", "call", "no_think", "both", "garbage", "close_tag"])
             if choice == "same":
                 comp = gt
             elif choice == "call":
@@ -187,6 +187,8 @@ def generate_cases(n: int = 600, seed: int = 0, data_dir: pathlib.Path = DATA) -
                 comp = _render(None, None, resp or "ok")
             elif choice == "both":
                 comp = _render(think, _dumps([rng.choice(pool)]), resp or "ok")
+            elif choice == "close_tag":
+                comp = _render(think, None, resp or "ok") + "\n</tool_call>"
             else:
                 comp = "<think> hmm"
             cases.append((comp, gt))
@@ -229,6 +231,14 @@ def generate_cases(n: int = 600, seed: int = 0, data_dir: pathlib.Path = DATA) -
         gt_calls[0]["parameters"]["flag"] = rng.choice(alts)
         pd_calls[0]["parameters"]["flag"] = rng.choice(alts)
         cases.append((_render(" check ", _dumps(pd_calls)), _render(" check ", _dumps(gt_calls))))
+    # NaN: json.loads returns one shared NaN object, so NaN equals NaN inside containers (whole-call
+    # and list comparisons go by identity first) but a bare NaN value never equals (nan != nan).
+    nan_gt = _render(" n ", ['{"name": "f", "parameters": {"a": NaN, "b": [NaN], "c": 1}}'])
+    for pd_line in ['{"name": "f", "parameters": {"a": NaN, "b": [NaN], "c": 1}}',
+                    '{"name": "f", "parameters": {"a": NaN, "b": [NaN], "c": 2}}',
+                    '{"name": "f", "parameters": {"c": 1, "b": [NaN], "a": NaN}}',
+                    '{"name": "f", "parameters": {"a": 1, "b": [1], "c": 1}}']:
+        cases.append((_render(" n ", [pd_line]), nan_gt))
     return cases
 
 

@@ -117,7 +117,8 @@ def test_format_patterns_follow_ground_truth_tags():
 
 # ------------------------------------------------------------------------ equality ids
 STRICT_EQUAL = [(1, 1.0), (True, 1), (False, 0.0), (-0.0, 0), ({"a": 1, "b": [1, 2]}, {"b": [1.0, 2], "a": True}),
-                (float("inf"), float("inf")), ("é", "é"), (None, None)]
+                (float("inf"), float("inf")), ("é", "é"), (None, None),
+                (json.loads("[NaN]"), json.loads("[NaN]"))]  # json's shared NaN: identity inside containers
 STRICT_DIFFERENT = [("1", 1), (1, 1.0000001), (10**30, 1e30), ([1, 2], [2, 1]), ({"a": 1}, {"a": 1, "b": 2}),
                     (float("nan"), float("nan")), (None, "null"), ([], {}), (" a", "a"), ("True", True)]
 

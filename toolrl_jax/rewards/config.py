@@ -65,7 +65,8 @@ class ToolRLRewardConfig:
         JSON objects (extra keys count). False: any malformed call is a parse failure, and
         whole-call equality compares only (name, parameters).
       response_only: correctness when the ground truth has no ``<tool_call>``: 'zero' (released
-        code) or 'no_call' (max if the prediction has no ``<tool_call>`` tag, else min).
+        code) or 'no_call' (max if the prediction has neither ``<tool_call>`` nor ``</tool_call>``,
+        else min: the rule left commented out in the released code).
       format_range, correctness_range, length_range: (min, max) of each component.
       length_words: L of the 'length' variant (r = min(round(words / L, 2), 1)).
       length_schedule: (start, end, steps) of 'dynamic_length': L = (end - start) * step / steps + start.

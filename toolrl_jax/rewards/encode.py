@@ -5,8 +5,10 @@ string whose equality is exactly the configured equality:
 
 * ``strict``: Python ``==`` of the decoded JSON (the released code's semantics). Numbers (bool,
   int, float) compare by exact value, so ``True == 1 == 1.0`` but ``1 != 1.0000001`` and
-  ``10**30 != 1e30``; ``"1" != 1``; lists in order; dicts regardless of key order; every NaN is
-  a fresh id, so NaN never equals anything (as in Python for separately decoded objects).
+  ``10**30 != 1e30``; ``"1" != 1``; lists in order; dicts regardless of key order. A bare NaN
+  value gets a fresh id (``nan != nan``), while a NaN inside a list, dict or call is one constant:
+  Python compares container items by identity first and ``json.loads`` returns a single shared
+  NaN object, so ``[NaN] == [NaN]`` and two calls with a NaN argument are equal as wholes.
 * ``lenient``: strings stripped; numeric strings are numbers (``"1" == 1``); ``"true"/"false"``
   (any case) are booleans; booleans are not numbers; floats compared to 12 significant digits.
 
@@ -57,7 +59,7 @@ class ToolCallBatch(NamedTuple):
       has_think [B] bool: both ``<think>`` and ``</think>`` occur (length reward precondition).
       think_words [B] int32: whitespace words of the last ``<think>`` block (released rule).
       gt_has_call [B] bool: the ground truth contains ``<tool_call>``.
-      pd_has_call_tag [B] bool: the prediction contains ``<tool_call>``.
+      pd_has_call_tag [B] bool: the prediction contains ``<tool_call>`` or ``</tool_call>``.
       pd_ok [B] bool: the prediction's calls parsed (False -> min correctness).
       pd_overflow [B] bool: the prediction had more than C calls or A arguments in a call.
       gt_call_valid, pd_call_valid [B, C] bool: slot holds a call.
@@ -100,11 +102,13 @@ class _TooDeep(Exception):
 _NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def _num(v: float | int, lenient: bool, nan_ids) -> str:
+def _num(v: float | int, lenient: bool, nan_ids, depth: int = 0) -> str:
     if isinstance(v, int):
         return f"n:{v}"
     if math.isnan(v):
-        return f"nan#{next(nan_ids)}"
+        # Python: nan != nan, but containers compare items by identity first and json.loads
+        # returns one shared NaN object, so [NaN] == [NaN] for decoded JSON.
+        return f"nan#{next(nan_ids)}" if depth == 0 else "n:nan"
     if math.isinf(v):
         return "n:inf" if v > 0 else "n:-inf"
     if lenient:
@@ -124,7 +128,7 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
             return "b:true" if v else "b:false"
         return f"n:{int(v)}"
     if isinstance(v, (int, float)):
-        return _num(v, lenient, nan_ids)
+        return _num(v, lenient, nan_ids, depth)
     if isinstance(v, str):
         if lenient:
             t = v.strip()
@@ -133,7 +137,7 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
                     x = float(t)
                     if "." not in t and "e" not in t.lower():
                         return _num(int(t), lenient, nan_ids)
-                    return _num(x, lenient, nan_ids)
+                    return _num(x, lenient, nan_ids, depth)
                 except (ValueError, OverflowError):
                     pass
             if t.lower() in ("true", "false"):
@@ -142,7 +146,7 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
         return "s:" + json.dumps(v)
     if isinstance(v, complex):
         if v.imag == 0:
-            return _num(v.real, lenient, nan_ids)
+            return _num(v.real, lenient, nan_ids, depth)
         return f"c:{v!r}"
     if isinstance(v, list):
         return "[" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + "]"
@@ -271,6 +275,11 @@ def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> 
         except (_TooDeep, RecursionError):
             raise ValueError(f"value nested deeper than {MAX_DEPTH}") from None
 
+    def top_id(v, c):  # a bare NaN compared with == never matches; inside a call it is the shared constant
+        if isinstance(v, float) and math.isnan(v):
+            return _hash32(f"nan#{next(nan_ids)}")
+        return _hash32(c)
+
     c_name = canon(name)
     keys: tuple[int, ...] = ()
     vals: tuple[int, ...] = ()
@@ -278,13 +287,13 @@ def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> 
         cks = [canon(k) for k in params]
         cvs = [canon(v) for v in params.values()]
         keys = tuple(_hash32(c) for c in cks)
-        vals = tuple(_hash32(c) for c in cvs)
+        vals = tuple(top_id(v, c) for v, c in zip(params.values(), cvs))
     if whole is None:
         c_params = "{" + ",".join(sorted(k + ":" + v for k, v in zip(cks, cvs))) + "}" if not bad else canon(params)
         c_whole = "{" + ",".join(sorted([canon("name") + ":" + c_name, canon("parameters") + ":" + c_params])) + "}"
     else:
         c_whole = canon(whole)
-    return _Call(_hash32(c_name), _hash32(c_whole), keys, vals, bad, unhashable)
+    return _Call(top_id(name, c_name), _hash32(c_whole), keys, vals, bad, unhashable)
 
 
 def _json_lines(block: str) -> list | None:
@@ -440,7 +449,7 @@ def encode_batch(
         out["format_ok"][b] = format_ok(text, gt)
         out["has_think"][b], out["think_words"][b] = think_word_count(text)
         out["gt_has_call"][b] = egt.has_call
-        out["pd_has_call_tag"][b] = "<tool_call>" in text
+        out["pd_has_call_tag"][b] = "<tool_call>" in text or "</tool_call>" in text
         _fill(egt.calls, C, A, out, "gt", b)
         if not egt.has_call:
             continue  # correctness does not read the prediction's calls

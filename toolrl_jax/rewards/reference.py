@@ -265,7 +265,8 @@ def reference_reward(
         if response_only == "zero":
             corr = 0.0
         else:
-            corr = c_hi if "<tool_call>" not in response else c_lo
+            no_call = "<tool_call>" not in response and "</tool_call>" not in response
+            corr = c_hi if no_call else c_lo
     else:
         gt_tools = _gt_calls(ans)
         corr = c_lo

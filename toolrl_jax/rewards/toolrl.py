@@ -10,7 +10,7 @@ R = R_format + R_correct (+ R_length):
 * R_format = f_hi if the format regex matched else f_lo (default [0, 1]).
 * R_correct, ground truth G (calls g with keys K_g), prediction P:
     - no ``<tool_call>`` in the ground truth: 0 ('zero', released) or hi/lo by whether P has no
-      ``<tool_call>`` tag ('no_call');
+      ``<tool_call>`` / ``</tool_call>`` tag ('no_call');
     - P unparsable (or too many calls for the static shape): lo;
     - P == G as ordered lists of calls: hi;
     - else score = r_name + sum over matched pairs (g, p) of [J(K_g, K_p) + #{k in K_g: p[k] == g[k]}]
