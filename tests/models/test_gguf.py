@@ -7,7 +7,6 @@ import importlib.util
 import json
 
 import gguf
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,7 +29,11 @@ from toolrl_jax.models.gguf import (
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf.py LlamaModel.permute (HF rotate-half -> interleaved rows)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def test_unpermute_inverts_llama_cpp_and_matches_transformers():
@@ -44,7 +47,9 @@ def test_unpermute_inverts_llama_cpp_and_matches_transformers():
         assert not np.array_equal(permuted, w)
         np.testing.assert_array_equal(unpermute_rope_rows(permuted, n_head), w)
         name = "blk.0.attn_q.weight" if n_head == 6 else "blk.0.attn_k.weight"
-        np.testing.assert_array_equal(proc.process(permuted, name).weights, unpermute_rope_rows(permuted, n_head))
+        np.testing.assert_array_equal(
+            proc.process(permuted, name).weights, unpermute_rope_rows(permuted, n_head)
+        )
     # By hand: one head, head_dim 4: GGUF rows (r0, r2, r1, r3) -> HF rows (r0, r1, r2, r3).
     hf = np.arange(4.0)[:, None]
     np.testing.assert_array_equal(unpermute_rope_rows(hf[[0, 2, 1, 3]], 1), hf)
@@ -55,7 +60,9 @@ def test_gguf_names_to_hf():
     assert gguf_name_to_hf("output.weight") == "lm_head.weight"
     assert gguf_name_to_hf("output_norm.weight") == "model.norm.weight"
     assert gguf_name_to_hf("blk.12.attn_output.weight") == "model.layers.12.self_attn.o_proj.weight"
-    assert gguf_name_to_hf("blk.0.ffn_norm.weight") == "model.layers.0.post_attention_layernorm.weight"
+    assert (
+        gguf_name_to_hf("blk.0.ffn_norm.weight") == "model.layers.0.post_attention_layernorm.weight"
+    )
     assert gguf_name_to_hf("blk.3.attn_q.bias") == "model.layers.3.self_attn.q_proj.bias"
     with pytest.raises(ModelLoadError, match="blk.0.ssm_conv1d.weight"):
         gguf_name_to_hf("blk.0.ssm_conv1d.weight")
@@ -63,9 +70,18 @@ def test_gguf_names_to_hf():
 
 def _tiny_torch(arch: str, tie: bool):
     common = dict(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=50000.0,
-        max_position_embeddings=256, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=50000.0,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
         initializer_range=0.2,
     )
     torch.manual_seed(0)
@@ -101,10 +117,17 @@ def _write_tiny_gguf(path, model, arch: str = "llama") -> None:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     inverse = {
-        "embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
-        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+        "embed_tokens": "token_embd",
+        "norm": "output_norm",
+        "lm_head": "output",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
         "post_attention_layernorm": "ffn_norm",
     }
     for name, t in model.state_dict().items():
@@ -144,11 +167,18 @@ def test_tiny_gguf_loads_with_transformers_logits(tmp_path, monkeypatch, arch, t
     hf_config, tensors = gguf_to_hf_tensors(path)
     assert hf_config["tie_word_embeddings"] is tie
     assert hf_config["model_type"] == arch
-    assert (hf_config["num_attention_heads"], hf_config["num_key_value_heads"], hf_config["head_dim"]) == (4, 2, 16)
+    assert (
+        hf_config["num_attention_heads"],
+        hf_config["num_key_value_heads"],
+        hf_config["head_dim"],
+    ) == (4, 2, 16)
     assert hf_config["vocab_size"] == 128 and hf_config["rope_theta"] == 50000.0
     sd = ref.state_dict()
-    names = ["model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-             "model.embed_tokens.weight"] + (["model.layers.1.self_attn.k_proj.bias"] if arch == "qwen2" else [])
+    names = [
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.embed_tokens.weight",
+    ] + (["model.layers.1.self_attn.k_proj.bias"] if arch == "qwen2" else [])
     for name in names:
         np.testing.assert_array_equal(tensors[name], sd[name].numpy())
     assert ("lm_head.weight" in tensors) is (not tie)
@@ -160,8 +190,12 @@ def test_tiny_gguf_loads_with_transformers_logits(tmp_path, monkeypatch, arch, t
     calls = []
     real = gguf_module._dequantize
     monkeypatch.setattr(gguf_module, "_dequantize", lambda t: calls.append(t.name) or real(t))
-    np.testing.assert_array_equal(q[0:16, 32:64], sd["model.layers.1.self_attn.q_proj.weight"].numpy()[0:16, 32:64])
-    np.testing.assert_array_equal(np.asarray(q), sd["model.layers.1.self_attn.q_proj.weight"].numpy())
+    np.testing.assert_array_equal(
+        q[0:16, 32:64], sd["model.layers.1.self_attn.q_proj.weight"].numpy()[0:16, 32:64]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(q), sd["model.layers.1.self_attn.q_proj.weight"].numpy()
+    )
     monkeypatch.undo()
     assert calls == ["blk.1.attn_q.weight"]
 
@@ -203,9 +237,22 @@ def test_smollm2_config_matches_transformers_gguf_parser():
     path = find_smollm2_gguf()
     ours = gguf_hf_config(path)
     theirs = load_gguf_checkpoint(str(path))["config"]
-    keys = ["model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-            "num_key_value_heads", "rope_theta", "rms_norm_eps", "vocab_size", "head_dim",
-            "tie_word_embeddings", "bos_token_id", "eos_token_id", "max_position_embeddings"]
+    keys = [
+        "model_type",
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "rope_theta",
+        "rms_norm_eps",
+        "vocab_size",
+        "head_dim",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "max_position_embeddings",
+    ]
     assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}
     assert ours["architectures"] == ["LlamaForCausalLM"]
 
@@ -228,10 +275,15 @@ def test_smollm2_gguf_matches_transformers_weights_greedy_and_export(tmp_path):
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    hf_config, tensors = read_gguf(path)
+    _, tensors = read_gguf(path)
     sd = ref.state_dict()
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.17.self_attn.k_proj.weight",
-                 "model.layers.29.mlp.down_proj.weight", "model.embed_tokens.weight", "model.norm.weight"):
+    for name in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.17.self_attn.k_proj.weight",
+        "model.layers.29.mlp.down_proj.weight",
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+    ):
         np.testing.assert_array_equal(tensors.array(name), sd[name].numpy(), err_msg=name)
 
     model, config = load_gguf(path)
@@ -239,7 +291,7 @@ def test_smollm2_gguf_matches_transformers_weights_greedy_and_export(tmp_path):
     assert prompt[0] == 1 and len(prompt) > 10  # <|im_start|> is id 1 in SmolLM2
     with torch.no_grad():
         want = ref.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False)
-    want = want[0, len(prompt):].tolist()
+    want = want[0, len(prompt) :].tolist()
     assert len(want) == NEW_TOKENS  # the answer is long: 32 tokens without an end of turn
 
     total = len(prompt) + NEW_TOKENS
@@ -269,6 +321,8 @@ def test_smollm2_gguf_matches_transformers_weights_greedy_and_export(tmp_path):
     back = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        np.testing.assert_allclose(back(ids).logits.numpy(), ref(ids).logits.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            back(ids).logits.numpy(), ref(ids).logits.numpy(), atol=1e-4, rtol=0
+        )
     back_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert back_tok(CHAT_PROMPT, add_special_tokens=False)["input_ids"] == prompt

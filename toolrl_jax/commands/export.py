@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         help="split model.safetensors into shards of at most this many GB (default: %(default)s)",
     )
-    parser.add_argument(
-        "--no-tokenizer", action="store_true", help="do not write tokenizer files"
-    )
+    parser.add_argument("--no-tokenizer", action="store_true", help="do not write tokenizer files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
         pad_token_id=pad,
     )
     files = sorted(p.name for p in out.iterdir())
-    print(f"exported {loaded.source.name} ({loaded.config.architecture}, {args.dtype}) to {out}: {', '.join(files)}")
+    print(
+        f"exported {loaded.source.name} ({loaded.config.architecture}, {args.dtype}) to {out}: {', '.join(files)}"
+    )
     return 0

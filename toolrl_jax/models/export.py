@@ -98,7 +98,9 @@ def write_safetensors_streaming(
         for src in sources:
             array = np.asarray(src.get())
             if tuple(array.shape) != tuple(src.shape):
-                raise ValueError(f"tensor {src.name}: got shape {array.shape}, declared {src.shape}")
+                raise ValueError(
+                    f"tensor {src.name}: got shape {array.shape}, declared {src.shape}"
+                )
             array = np.ascontiguousarray(array.astype(dtype, copy=False))
             if array.dtype.byteorder == ">":
                 array = array.byteswap().view(array.dtype.newbyteorder("<"))
@@ -108,7 +110,9 @@ def write_safetensors_streaming(
     return offset
 
 
-def plan_shards(sources: list[TensorSource], itemsize: int, max_shard_bytes: int) -> list[list[TensorSource]]:
+def plan_shards(
+    sources: list[TensorSource], itemsize: int, max_shard_bytes: int
+) -> list[list[TensorSource]]:
     """Greedy split of tensors (in order) into shards of at most ``max_shard_bytes`` each
     (a single tensor larger than the limit gets a shard of its own)."""
     shards: list[list[TensorSource]] = [[]]
@@ -136,10 +140,14 @@ def write_safetensors_dir(
       The safetensors files written.
     """
     if dtype not in _EXPORT_DTYPES:
-        raise ModelLoadError(f"export dtype {dtype!r} is not supported; use one of {sorted(_EXPORT_DTYPES)}")
+        raise ModelLoadError(
+            f"export dtype {dtype!r} is not supported; use one of {sorted(_EXPORT_DTYPES)}"
+        )
     np_dtype = _EXPORT_DTYPES[dtype]
     out_dir = pathlib.Path(out_dir)
-    for stale in list(out_dir.glob("model*.safetensors")) + [out_dir / "model.safetensors.index.json"]:
+    for stale in list(out_dir.glob("model*.safetensors")) + [
+        out_dir / "model.safetensors.index.json"
+    ]:
         if stale.exists():
             stale.unlink()
     shards = plan_shards(sources, np_dtype.itemsize, max_shard_bytes)
@@ -193,7 +201,7 @@ def load_tokenizer_any(source: str | os.PathLike) -> Any:
         if src.is_file() and src.suffix == ".gguf":
             return AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
         return AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-    except Exception as e:  # noqa: BLE001  (transformers raises many types)
+    except Exception as e:
         raise ModelLoadError(f"cannot load a tokenizer from {src}: {type(e).__name__}: {e}") from e
 
 
@@ -223,7 +231,11 @@ def save_tokenizer(tokenizer: Any, out_dir: str | pathlib.Path) -> list[str]:
         if not src.exists():
             raise ModelLoadError(f"tokenizer source {src} does not exist")
         tokenizer = load_tokenizer_any(src)
-    for candidate in (tokenizer, getattr(tokenizer, "hf_tokenizer", None), getattr(tokenizer, "tokenizer", None)):
+    for candidate in (
+        tokenizer,
+        getattr(tokenizer, "hf_tokenizer", None),
+        getattr(tokenizer, "tokenizer", None),
+    ):
         if candidate is not None and hasattr(candidate, "save_pretrained"):
             candidate.save_pretrained(str(out_dir))
             return sorted(set(os.listdir(out_dir)) - before)
@@ -231,7 +243,9 @@ def save_tokenizer(tokenizer: Any, out_dir: str | pathlib.Path) -> list[str]:
         if candidate is not None and hasattr(candidate, "to_str") and hasattr(candidate, "save"):
             candidate.save(str(out_dir / "tokenizer.json"))
             return ["tokenizer.json"]
-    raise ModelLoadError(f"cannot save tokenizer of type {type(tokenizer).__name__}: it has no save_pretrained()")
+    raise ModelLoadError(
+        f"cannot save tokenizer of type {type(tokenizer).__name__}: it has no save_pretrained()"
+    )
 
 
 def _gather_to_host(value: Any) -> np.ndarray:
@@ -304,7 +318,9 @@ def export_hf_dir(
     import jax
 
     if dtype not in _EXPORT_DTYPES:
-        raise ModelLoadError(f"export dtype {dtype!r} is not supported; use one of {sorted(_EXPORT_DTYPES)}")
+        raise ModelLoadError(
+            f"export dtype {dtype!r} is not supported; use one of {sorted(_EXPORT_DTYPES)}"
+        )
     out_dir = pathlib.Path(out_dir)
     sources = model_tensor_sources(model)
     if jax.process_index() != 0:

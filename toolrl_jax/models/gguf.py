@@ -94,7 +94,7 @@ def _open_reader(path: str | pathlib.Path):
         raise ModelLoadError(f"GGUF file {path} does not exist")
     try:
         return gguf.GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001  (gguf raises ValueError/struct.error/... on bad files)
+    except Exception as e:
         raise ModelLoadError(f"{path} is not a readable GGUF file: {type(e).__name__}: {e}") from e
 
 
@@ -126,7 +126,11 @@ def gguf_hf_config(reader_or_path) -> dict[str, Any]:
     Raises:
       ModelLoadError: unsupported architecture or missing required metadata.
     """
-    reader = _open_reader(reader_or_path) if isinstance(reader_or_path, (str, pathlib.Path)) else reader_or_path
+    reader = (
+        _open_reader(reader_or_path)
+        if isinstance(reader_or_path, (str, pathlib.Path))
+        else reader_or_path
+    )
     arch = _field_value(reader, "general.architecture")
     if arch not in _ARCHITECTURES:
         raise ModelLoadError(
@@ -147,7 +151,9 @@ def gguf_hf_config(reader_or_path) -> dict[str, Any]:
         reader, f"{arch}.rope.dimension_count"
     )
     head_dim = int(head_dim) if head_dim else hidden // num_heads
-    vocab = _field_value(reader, f"{arch}.vocab_size") or _field_len(reader, "tokenizer.ggml.tokens")
+    vocab = _field_value(reader, f"{arch}.vocab_size") or _field_len(
+        reader, "tokenizer.ggml.tokens"
+    )
     if not vocab:
         raise ModelLoadError(f"GGUF file lacks {arch}.vocab_size and tokenizer.ggml.tokens")
     if "rope_freqs.weight" in {t.name for t in reader.tensors}:
@@ -168,7 +174,9 @@ def gguf_hf_config(reader_or_path) -> dict[str, Any]:
         "head_dim": head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": int(_field_value(reader, f"{arch}.context_length", 2048)),
-        "rms_norm_eps": float(_field_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        "rms_norm_eps": float(
+            _field_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+        ),
         "rope_theta": float(_field_value(reader, f"{arch}.rope.freq_base", 10000.0)),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "torch_dtype": "float32",
@@ -202,7 +210,9 @@ def gguf_name_to_hf(name: str) -> str:
         part, kind = m.groups()
         if part in _GLOBAL_NAMES:
             return f"{_GLOBAL_NAMES[part]}.{kind}"
-    raise ModelLoadError(f"GGUF tensor {name!r} has no Hugging Face counterpart known to toolrl-jax")
+    raise ModelLoadError(
+        f"GGUF tensor {name!r} has no Hugging Face counterpart known to toolrl-jax"
+    )
 
 
 def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -117,11 +117,13 @@ def _from_hub(name: str) -> ResolvedModel:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover  (transformers depends on it)
-        raise ModelLoadError(f"model {name!r} looks like a hub id but huggingface_hub is not installed") from e
+        raise ModelLoadError(
+            f"model {name!r} looks like a hub id but huggingface_hub is not installed"
+        ) from e
     offline = _offline()
     try:
         path = snapshot_download(name, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
-    except Exception as e:  # noqa: BLE001  (network, auth, not found, offline cache miss)
+    except Exception as e:
         how = (
             "HF_HUB_OFFLINE=1 and it is not in the local cache; download it when online or pass a local directory"
             if offline
@@ -146,7 +148,11 @@ def resolve_model(name: str | os.PathLike | None = None) -> ResolvedModel:
     path = pathlib.Path(text).expanduser()
     if path.exists():
         return _from_local(text, path)
-    looks_local = text.startswith((".", "/", "~")) or text.endswith((".gguf", ".json")) or os.sep + os.sep in text
+    looks_local = (
+        text.startswith((".", "/", "~"))
+        or text.endswith((".gguf", ".json"))
+        or os.sep + os.sep in text
+    )
     if not looks_local and _HUB_ID_RE.match(text):
         return _from_hub(text)
     raise ModelLoadError(
@@ -180,5 +186,7 @@ def load_model(
     else:
         from toolrl_jax.models.weights import load_model_from_hf_dir
 
-        model, config = load_model_from_hf_dir(resolved.path, param_dtype=param_dtype, dtype=dtype, mesh=mesh)
+        model, config = load_model_from_hf_dir(
+            resolved.path, param_dtype=param_dtype, dtype=dtype, mesh=mesh
+        )
     return LoadedModel(model=model, config=config, source=resolved)

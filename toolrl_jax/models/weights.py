@@ -37,7 +37,7 @@ class LazyTensor:
       read: ``read(index) -> np.ndarray`` for a tuple of slices (``None`` = everything).
     """
 
-    __slots__ = ("shape", "dtype", "_read")
+    __slots__ = ("_read", "dtype", "shape")
 
     def __init__(self, shape: tuple[int, ...], dtype: Any, read):
         self.shape = tuple(int(d) for d in shape)
@@ -69,9 +69,18 @@ class LazyTensor:
 
 
 _ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
 }
 
 
@@ -93,8 +102,10 @@ class SafetensorsTensors(Mapping):
 
             try:
                 self._handles[path] = safe_open(str(path), framework="numpy")
-            except Exception as e:  # noqa: BLE001  (SafetensorError, OSError)
-                raise ModelLoadError(f"{path} is not a readable safetensors file: {type(e).__name__}: {e}") from e
+            except Exception as e:
+                raise ModelLoadError(
+                    f"{path} is not a readable safetensors file: {type(e).__name__}: {e}"
+                ) from e
         return self._handles[path]
 
     def __getitem__(self, name: str) -> LazyTensor:
@@ -104,8 +115,10 @@ class SafetensorsTensors(Mapping):
             shape, st_dtype = view.get_shape(), view.get_dtype()
         except ModelLoadError:
             raise
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"cannot read tensor {name!r} from {path}: {type(e).__name__}: {e}") from e
+        except Exception as e:
+            raise ModelLoadError(
+                f"cannot read tensor {name!r} from {path}: {type(e).__name__}: {e}"
+            ) from e
         if st_dtype not in _ST_DTYPES:
             raise ModelLoadError(f"tensor {name!r} in {path} has unsupported dtype {st_dtype}")
 
@@ -114,8 +127,10 @@ class SafetensorsTensors(Mapping):
                 if index is None:
                     index = tuple(slice(None) for _ in shape)
                 return np.asarray(view[index])
-            except Exception as e:  # noqa: BLE001
-                raise ModelLoadError(f"cannot read tensor {name!r} from {path}: {type(e).__name__}: {e}") from e
+            except Exception as e:
+                raise ModelLoadError(
+                    f"cannot read tensor {name!r} from {path}: {type(e).__name__}: {e}"
+                ) from e
 
         return LazyTensor(shape, _ST_DTYPES[st_dtype], read)
 
@@ -136,8 +151,10 @@ def _keys_of(path: pathlib.Path) -> list[str]:
     try:
         with safe_open(str(path), framework="numpy") as f:
             return list(f.keys())
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"{path} is not a readable safetensors file: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise ModelLoadError(
+            f"{path} is not a readable safetensors file: {type(e).__name__}: {e}"
+        ) from e
 
 
 def read_safetensors(path_or_dir: str | pathlib.Path) -> SafetensorsTensors:
@@ -159,12 +176,16 @@ def read_safetensors(path_or_dir: str | pathlib.Path) -> SafetensorsTensors:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelLoadError(f"{index} is not a safetensors index (needs a 'weight_map'): {e}") from e
+            raise ModelLoadError(
+                f"{index} is not a safetensors index (needs a 'weight_map'): {e}"
+            ) from e
         files = {}
         for name, shard in weight_map.items():
             shard_path = path / shard
             if not shard_path.is_file():
-                raise ModelLoadError(f"{index} names shard {shard} for {name}, but {shard_path} is missing")
+                raise ModelLoadError(
+                    f"{index} names shard {shard} for {name}, but {shard_path} is missing"
+                )
             files[name] = shard_path
         return SafetensorsTensors(files)
     single = path / SAFETENSORS_SINGLE
@@ -188,7 +209,9 @@ def read_hf_config(model_dir: str | pathlib.Path) -> dict[str, Any]:
     """
     path = pathlib.Path(model_dir) / CONFIG_FILE
     if not path.is_file():
-        raise ModelLoadError(f"{model_dir} has no {CONFIG_FILE}; is it a Hugging Face model directory?")
+        raise ModelLoadError(
+            f"{model_dir} has no {CONFIG_FILE}; is it a Hugging Face model directory?"
+        )
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -257,8 +280,12 @@ def build_model_from_hf_tensors(
         from flax import nnx
 
         for path, node in nnx.iter_graph(model):
-            if isinstance(node, nnx.Variable) and isinstance(node.get_value(), jax.ShapeDtypeStruct):
-                raise ModelLoadError(f"{source}: model variable {'.'.join(map(str, path))} was not loaded")
+            if isinstance(node, nnx.Variable) and isinstance(
+                node.get_value(), jax.ShapeDtypeStruct
+            ):
+                raise ModelLoadError(
+                    f"{source}: model variable {'.'.join(map(str, path))} was not loaded"
+                )
     return model, config
 
 
