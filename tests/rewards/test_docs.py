@@ -10,7 +10,7 @@ import re
 import pytest
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "rewards.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if DOC.exists() else []
+BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL) if DOC.exists() else []
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))

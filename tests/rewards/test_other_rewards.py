@@ -14,11 +14,22 @@ from toolrl_jax.errors import ConfigError
 from toolrl_jax.rewards import _math_worker
 from toolrl_jax.rewards.compose import ComposeConfig, compose_rewards
 from toolrl_jax.rewards.ftrl import ftrl_turn_counts, ftrl_turn_reward
-from toolrl_jax.rewards.math import MathVerifier, OutcomeRewardConfig, extract_boxed, outcome_reward, retool_reward
+from toolrl_jax.rewards.math import (
+    MathVerifier,
+    OutcomeRewardConfig,
+    extract_boxed,
+    outcome_reward,
+    retool_reward,
+)
 from toolrl_jax.rewards.otc import OTCConfig, otc_group_min_calls, otc_reward, otc_tool_reward
 from toolrl_jax.rewards.parse import ToolCall
-from toolrl_jax.rewards.shaping import (OverlongConfig, ToolStarConfig, count_distinct_tools,
-                                        dapo_overlong_penalty, tool_star_reward)
+from toolrl_jax.rewards.shaping import (
+    OverlongConfig,
+    ToolStarConfig,
+    count_distinct_tools,
+    dapo_overlong_penalty,
+    tool_star_reward,
+)
 
 
 # ------------------------------------------------------------------------ ReTool
@@ -61,7 +72,7 @@ def test_thread_backend_times_out(monkeypatch):
     with MathVerifier(backend="thread", workers=1, timeout_s=0.2) as v:
         out = v.verify_many(["1", "2"], ["1", "2"])
     assert not out.any()
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 5.0  # the 3 s checks were abandoned, not awaited
 
 
 def test_process_backend_scores_and_survives_timeouts():

@@ -11,8 +11,13 @@ import pytest
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.rewards.config import ToolRLRewardConfig
 from toolrl_jax.rewards.encode import canonical, encode_batch, format_ok, think_word_count, value_id
-from toolrl_jax.rewards.parse import (ToolCall, first_tool_call_block, parse_completion,
-                                      parse_tool_calls, tool_call_blocks)
+from toolrl_jax.rewards.parse import (
+    ToolCall,
+    first_tool_call_block,
+    parse_completion,
+    parse_tool_calls,
+    tool_call_blocks,
+)
 
 
 # ------------------------------------------------------------------------ syntaxes

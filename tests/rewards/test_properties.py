@@ -17,7 +17,12 @@ from toolrl_jax.rewards.config import VARIANTS, ToolRLRewardConfig
 from toolrl_jax.rewards.encode import encode_batch, format_ok, think_word_count
 from toolrl_jax.rewards.parse import parse_completion, parse_tool_calls
 from toolrl_jax.rewards.reference import reference_reward
-from toolrl_jax.rewards.toolrl import reward_params, reward_ranges, toolrl_reward, toolrl_reward_core
+from toolrl_jax.rewards.toolrl import (
+    reward_params,
+    reward_ranges,
+    toolrl_reward,
+    toolrl_reward_core,
+)
 
 B = 8  # every example is padded to this batch: one compiled program per config shape
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,5 +151,5 @@ def test_jit_and_vmap_compose():
     out = jax.jit(jax.vmap(lambda b, s: toolrl_reward(b, s, cfg)))(stacked, steps)
     for i, (b, s) in enumerate([(b1, 10), (b2, 90)]):
         want = toolrl_reward(b, s, cfg)
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], out), want, atol=1e-6)
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], out), want, atol=1e-6)
     chex.assert_shape(out.total, (2, B))

@@ -116,8 +116,8 @@ def run(args) -> int:
         calls, nargs = required_shape([r[2] for r in rows], [r[3] for r in rows], config)
         C, A = min(_bucket(calls, 4), 64), min(_bucket(nargs, 4), 64)
         if calls > 64 or nargs > 64:
-            print(f"toolrl-jax reward: note: predictions with more than 64 calls/arguments score as "
-                  f"parse failures", file=sys.stderr)
+            print("toolrl-jax reward: note: predictions with more than 64 calls/arguments score as "
+                  "parse failures", file=sys.stderr)
         config = config.replace(max_calls=C, max_args=A)
 
     results: dict[int, dict] = {}

@@ -7,8 +7,8 @@ mapping (e.g. a YAML section ``reward: {toolrl: 1.0, overlong: 0.5}``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ class ComposeConfig:
         object.__setattr__(self, "weights", w)
 
     @classmethod
-    def from_mapping(cls, weights: Mapping[str, float]) -> "ComposeConfig":
+    def from_mapping(cls, weights: Mapping[str, float]) -> ComposeConfig:
         if not isinstance(weights, Mapping):
             raise ConfigError(f"reward weights must be a mapping name -> weight, got {type(weights).__name__}")
         return cls(weights=tuple(weights.items()))

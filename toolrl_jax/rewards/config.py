@@ -138,7 +138,7 @@ class ToolRLRewardConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def compat_toolrl(cls, variant: str = "original", **overrides) -> "ToolRLRewardConfig":
+    def compat_toolrl(cls, variant: str = "original", **overrides) -> ToolRLRewardConfig:
         """The released ToolRL code, exactly: greedy matching, strict Python equality, -3 on any
         parse failure (its quirks included), correctness 0 for response-only ground truths."""
         kw = dict(variant=variant, matching="greedy", equality="strict", syntax="toolrl",
@@ -146,7 +146,7 @@ class ToolRLRewardConfig:
         kw.update(overrides)
         return cls(**kw)
 
-    def replace(self, **changes) -> "ToolRLRewardConfig":
+    def replace(self, **changes) -> ToolRLRewardConfig:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -30,24 +30,30 @@ import json
 import math
 import re
 import secrets
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.rewards.config import ToolRLRewardConfig
-from toolrl_jax.rewards.parse import MAX_DEPTH, ParsedCompletion, first_tool_call_block, parse_completion
+from toolrl_jax.rewards.parse import (
+    MAX_DEPTH,
+    ParsedCompletion,
+    first_tool_call_block,
+    parse_completion,
+)
 
 __all__ = [
-    "ToolCallBatch",
     "EncodedGroundTruth",
+    "ToolCallBatch",
     "canonical",
-    "value_id",
-    "format_ok",
-    "think_word_count",
-    "parse_ground_truth",
     "encode_batch",
+    "format_ok",
+    "parse_ground_truth",
     "required_shape",
+    "think_word_count",
+    "value_id",
 ]
 
 
@@ -102,7 +108,7 @@ class _TooDeep(Exception):
 _NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def _num(v: float | int, lenient: bool, nan_ids, depth: int = 0) -> str:
+def _num(v: float, lenient: bool, nan_ids, depth: int = 0) -> str:
     if isinstance(v, int):
         return f"n:{v}"
     if math.isnan(v):

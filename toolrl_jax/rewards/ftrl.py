@@ -15,7 +15,7 @@ an expected :class:`~toolrl_jax.rewards.parse.ToolCall`, solved at most once). D
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -20,8 +20,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ import numpy as np
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rewards import _math_worker
 
-__all__ = ["extract_boxed", "MathVerifier", "retool_reward", "OutcomeRewardConfig", "outcome_reward"]
+__all__ = ["MathVerifier", "OutcomeRewardConfig", "extract_boxed", "outcome_reward", "retool_reward"]
 
 _MAX_SCAN = 100_000
 

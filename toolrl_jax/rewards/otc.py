@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from toolrl_jax.errors import ConfigError
 
-__all__ = ["OTCConfig", "otc_group_min_calls", "otc_tool_reward", "otc_reward"]
+__all__ = ["OTCConfig", "otc_group_min_calls", "otc_reward", "otc_tool_reward"]
 
 
 @dataclass(frozen=True, kw_only=True)

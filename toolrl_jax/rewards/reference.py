@@ -21,7 +21,7 @@ from typing import Any
 
 from toolrl_jax.errors import DataError
 
-__all__ = ["reference_reward", "lenient_normalize"]
+__all__ = ["lenient_normalize", "reference_reward"]
 
 
 # --------------------------------------------------------------------------- equality

@@ -16,16 +16,21 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 
 from toolrl_jax.errors import ConfigError
 
-__all__ = ["OverlongConfig", "dapo_overlong_penalty", "ToolStarConfig", "tool_star_reward",
-           "count_distinct_tools"]
+__all__ = [
+    "OverlongConfig",
+    "ToolStarConfig",
+    "count_distinct_tools",
+    "dapo_overlong_penalty",
+    "tool_star_reward",
+]
 
 
 @dataclass(frozen=True, kw_only=True)

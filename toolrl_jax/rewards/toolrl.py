@@ -37,7 +37,8 @@ variant or step never recompiles.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,16 @@ import numpy as np
 from toolrl_jax.rewards.config import MAX_EXACT_OPTIMAL_CALLS, ToolRLRewardConfig
 from toolrl_jax.rewards.encode import ToolCallBatch, encode_batch
 
-__all__ = ["ToolRLReward", "RewardParams", "toolrl_reward", "toolrl_reward_core", "reward_params",
-           "reward_ranges", "length_tie_table", "score_texts"]
+__all__ = [
+    "RewardParams",
+    "ToolRLReward",
+    "length_tie_table",
+    "reward_params",
+    "reward_ranges",
+    "score_texts",
+    "toolrl_reward",
+    "toolrl_reward_core",
+]
 
 _NEG = -1e9
 _KEY_MUL = 1 << 20
