@@ -189,6 +189,16 @@ def test_bad_ground_truth_and_config_errors():
         ToolRLRewardConfig(correctness_range=(3, -3))
 
 
+def test_config_from_mapping():
+    cfg = ToolRLRewardConfig.from_mapping({"variant": "dynamic", "correctness_range": [-2, 2]})
+    assert cfg.variant == "dynamic" and cfg.correctness_range == (-2.0, 2.0)
+    compat = ToolRLRewardConfig.from_mapping({"compat": "toolrl", "variant": "coarse"})
+    assert compat == ToolRLRewardConfig.compat_toolrl("coarse")
+    with pytest.raises(ConfigError, match="did you mean 'matching'"):
+        ToolRLRewardConfig.from_mapping({"matchin": "greedy"})
+    hash(cfg)  # static jit argument
+
+
 def test_ground_truth_fallback_to_last_block():
     """Ground truths whose <think> mentions <tool_call> (17 in rlla_sft.json) read the last block."""
     gt = ('<think> put it in <tool_call> tags </think>\n<tool_call>\n{"name": "A", "parameters": {"x": 1}}'

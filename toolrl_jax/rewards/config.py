@@ -146,6 +146,33 @@ class ToolRLRewardConfig:
         kw.update(overrides)
         return cls(**kw)
 
+    @classmethod
+    def from_mapping(cls, values) -> ToolRLRewardConfig:
+        """Build from a plain mapping (e.g. a YAML ``reward:`` section); ``compat: toolrl`` selects
+        the released-code preset. Unknown keys raise ConfigError naming the closest field."""
+        import difflib
+
+        if values is None:
+            return cls()
+        if not isinstance(values, dict):
+            raise ConfigError(f"reward config must be a mapping, got {type(values).__name__}")
+        values = dict(values)
+        compat = values.pop("compat", None)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"unknown reward config key '{key}'{hint}")
+        for key in ("format_range", "correctness_range", "length_range", "length_schedule"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        if compat in (None, "", False):
+            return cls(**values)
+        if compat != "toolrl":
+            raise ConfigError(f"reward compat must be 'toolrl', got {compat!r}")
+        return cls.compat_toolrl(**values)
+
     def replace(self, **changes) -> ToolRLRewardConfig:
         return dataclasses.replace(self, **changes)
 
