@@ -14,13 +14,56 @@ import time
 import numpy as np
 import pytest
 
-from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest, code_extractor
+from toolrl_jax.rollout.engine import (
+    RolloutConfig,
+    RolloutEngine,
+    RolloutRequest,
+    code_extractor,
+    expand_requests,
+)
 from toolrl_jax.rollout.sampling import SamplingConfig
 from toolrl_jax.tools import ToolExecutor, function_tool
 
 from ._models import OraclePolicy
 
 GREEDY = SamplingConfig(temperature=0.0)
+
+
+def test_single_turn_groups_equal_plain_sampling_with_and_without_refill(llama, sampler_t1):
+    """GRPO single-turn mode: num_samples per prompt in one group; each trajectory's tokens and
+    log-probs equal the plain sampler's for the same uid, whatever the slot schedule."""
+    from .conftest import TEMPERATURE_1_TOP_50
+
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [3], [20, 21]]
+    requests = expand_requests(prompts, 3, first_group=7)
+    config = RolloutConfig(num_slots=3, max_new_tokens=12, max_total_len=64, chunk_steps=5,
+                           sampling=TEMPERATURE_1_TOP_50, seed=11, pad_multiple=16)
+    engine = RolloutEngine(llama, config, eos_ids=[2, 9])
+    reference = sampler_t1
+    reference.set_stops(eos_ids=[2, 9])
+    try:
+        ref = reference.generate([r.prompt_ids for r in requests], max_new_tokens=12, seed=11)
+    finally:
+        reference.set_stops()
+    runs = [engine.run(requests), engine.run(requests, refill=False)]
+    for traj in runs:
+        assert traj.tokens.shape == (12, 32)
+        assert traj.group_ids.tolist() == [7, 7, 7, 8, 8, 8, 9, 9, 9, 10, 10, 10]
+        for i, r in enumerate(requests):
+            p = len(r.prompt_ids)
+            n = len(ref.completion_ids[i])
+            assert traj.prompt_lengths[i] == p and traj.lengths[i] == p + n
+            assert traj.tokens[i, :p].tolist() == list(r.prompt_ids)
+            assert traj.tokens[i, p: p + n].tolist() == ref.completion_ids[i].tolist()
+            assert traj.loss_mask[i].tolist() == [0] * p + [1] * n + [0] * (32 - p - n)
+            np.testing.assert_allclose(traj.sample_logprobs[i, p: p + n], ref.sample_logprobs[i], atol=1e-4)
+            assert traj.stop_reasons[i] == ref.stop_reasons[i]
+            assert traj.num_turns[i] == 1 and traj.turn_starts[i, 0] == p and traj.turn_ends[i, 0] == p + n
+    # samples of one prompt differ (independent streams)
+    assert len({tuple(runs[0].completion_ids(i).tolist()) for i in range(3)}) > 1
+    batch = runs[0].to_batch()
+    assert batch["segment_ids"].sum() == runs[0].lengths.sum()
+    assert runs[0].stats["generated_tokens"] == runs[0].loss_mask.sum()
 
 
 @pytest.fixture(scope="module")

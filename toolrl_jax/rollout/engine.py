@@ -391,7 +391,7 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ main loop
     def run(self, requests: Sequence[RolloutRequest | Sequence[int]], *,
-            refill: bool | None = None) -> Trajectory:
+            refill: bool | None = None, seed: int | None = None) -> Trajectory:
         """Roll out every request; rows of the result are in request order (uid = index).
 
         ``Trajectory.stats`` holds: ``generated_tokens``, ``wall_s``, ``tokens_per_s``;
@@ -399,10 +399,12 @@ class RolloutEngine:
         spent on live rows); ``slot_occupancy`` = time-average fraction of slots decoding
         (0 while every slot waits for tools); ``decode_time_fraction``; counts of decode /
         extend calls, decode steps, tool turns; seconds in decode, extend and waiting.
-        ``refill`` overrides ``config.refill`` for this call (the compiled programs are shared).
+        ``refill`` and ``seed`` override the config for this call (compiled programs are shared;
+        e.g. a trainer passes a new seed every step).
         """
         cfg = self.config
         refill = cfg.refill if refill is None else bool(refill)
+        seed = cfg.seed if seed is None else int(seed)
         requests = [r if isinstance(r, RolloutRequest) else RolloutRequest(prompt_ids=list(r))
                     for r in requests]
         b = cfg.num_slots
@@ -411,7 +413,7 @@ class RolloutEngine:
         done: dict[int, TrajectoryRecord] = {}
         stats = dict(decode_calls=0, decode_steps=0, active_row_steps=0, extend_calls=0,
                      decode_s=0.0, extend_s=0.0, wait_s=0.0, busy_slot_s=0.0)
-        state = self.sampler.init_state(cfg.seed)
+        state = self.sampler.init_state(seed)
         t0 = time.perf_counter()
 
         def finish(i: int, reason: str) -> None:

@@ -448,6 +448,11 @@ class Sampler:
         self._decode = jax.jit(wrap(_decode), donate_argnums=(1,))
 
     # ------------------------------------------------------------------ params
+    def set_stops(self, eos_ids: Sequence[int] = (), stop_sequences: Sequence[Sequence[int]] = ()) -> None:
+        """Replace the stop table (no recompilation while it fits the padded table shapes)."""
+        self.stop_table = stops_lib.make_stop_table(eos_ids, stop_sequences)
+        self._stop_arrays = self.stop_table.arrays()
+
     def set_params(self, params: Any) -> None:
         """Swap in new weights (an ``nnx.State`` of the same structure), e.g. after a train step."""
         self.params = params
