@@ -391,6 +391,10 @@ class Sampler:
       min_bucket: smallest prefill length bucket.
       jit_wrapper: applied to the pure step functions before ``jax.jit`` (tests pass
         ``chex.assert_max_traces(n=...)`` to prove a program compiles once per bucket).
+      mesh: optional ``jax.sharding.Mesh`` (axes data/fsdp/tp) the model's parameters live on;
+        the slots are split over ``('data', 'fsdp')`` and the KV heads over ``tp``
+        (``models.sharding.cache_partition_spec``, with its divisibility fallback), and the
+        jitted programs keep the state on those shardings.
     """
 
     def __init__(
@@ -406,6 +410,7 @@ class Sampler:
         init_cache: Callable[[int, int], Any] | None = None,
         min_bucket: int = 16,
         jit_wrapper: Callable[[Callable], Callable] | None = None,
+        mesh: Any = None,
     ):
         if batch_size < 1 or cache_len < 2 or turn_len < 1:
             raise ConfigError(
@@ -430,6 +435,8 @@ class Sampler:
                 return decoder_init_cache(config, batch, max_len)
 
         self._init_cache = init_cache
+        self.mesh = mesh
+        self._state_shardings = None
         wrap = jit_wrapper or (lambda f: f)
         graphdef = self.graphdef
 
@@ -444,8 +451,9 @@ class Sampler:
             return decode_loop(model, state, num_steps, eos_ids, stop_seqs, stop_lens,
                                sampling=sampling)
 
-        self._extend = jax.jit(wrap(_extend), donate_argnums=(1,))
-        self._decode = jax.jit(wrap(_decode), donate_argnums=(1,))
+        self._extend_fn, self._decode_fn = wrap(_extend), wrap(_decode)
+        self._extend = jax.jit(self._extend_fn, donate_argnums=(1,))
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(1,))
 
     # ------------------------------------------------------------------ params
     def set_stops(self, eos_ids: Sequence[int] = (), stop_sequences: Sequence[Sequence[int]] = ()) -> None:
@@ -459,10 +467,10 @@ class Sampler:
 
     # ------------------------------------------------------------------ state
     def init_state(self, seed: int = 0) -> DecodeState:
-        """Empty slots (all inactive) with a fresh cache."""
+        """Empty slots (all inactive) with a fresh cache (sharded over the mesh when given)."""
         b, g = self.batch_size, self.turn_len
         cache = self._init_cache(b, self.cache_len)
-        return DecodeState(
+        state = DecodeState(
             cache=cache,
             cache_index=jnp.zeros((b,), jnp.int32),
             pending=jnp.zeros((b,), jnp.int32),
@@ -478,6 +486,36 @@ class Sampler:
             sample_count=jnp.zeros((b,), jnp.int32),
             base_key=jax.random.PRNGKey(seed),
         )
+        if self.mesh is None:
+            return state
+        if self._state_shardings is None:
+            self._state_shardings = self._shardings_of(state)
+            out = (self._state_shardings,)
+            self._extend = jax.jit(self._extend_fn, donate_argnums=(1,), out_shardings=out[0])
+            self._decode = jax.jit(self._decode_fn, donate_argnums=(1,),
+                                   out_shardings=(out[0], None, None))
+        return jax.device_put(state, self._state_shardings)
+
+    def _shardings_of(self, state: DecodeState) -> DecodeState:
+        """NamedShardings: cache k/v by ``cache_partition_spec``, batch-major arrays by
+        ``batch_partition_spec`` (both fitted to the shapes), the run key replicated."""
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from toolrl_jax.models.sharding import batch_partition_spec, cache_partition_spec, fit_spec
+
+        mesh = self.mesh
+
+        def batch_major(x):
+            return NamedSharding(mesh, fit_spec(batch_partition_spec(), x.shape, mesh))
+
+        cache = state.cache
+        cache_sh = _replace(
+            jax.tree.map(batch_major, cache),
+            k=NamedSharding(mesh, fit_spec(cache_partition_spec(), cache.k.shape, mesh)),
+            v=NamedSharding(mesh, fit_spec(cache_partition_spec(), cache.v.shape, mesh)),
+        )
+        sh = jax.tree.map(batch_major, state.replace(cache=cache.pos))
+        return sh.replace(cache=cache_sh, base_key=NamedSharding(mesh, PartitionSpec()))
 
     def extend(
         self,
