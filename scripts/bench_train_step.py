@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remat", action="store_true", help="rematerialise decoder blocks")
     ap.add_argument("--steps", type=int, default=5, help="steps per measurement window")
     ap.add_argument("--repeats", type=int, default=3, help="measurement windows")
+    ap.add_argument("--num-layers", type=int, default=None, help="override the layer count")
     ap.add_argument("--mesh", default=None, help="e.g. data=1,fsdp=8,tp=1 (default: 1 device)")
     args = ap.parse_args(argv)
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         mc = ModelConfig.tiny("qwen2", **common)
     else:
         mc = ModelConfig(**SHAPES[args.model_shape], **common)
+    if args.num_layers is not None:
+        mc = mc.replace(num_layers=args.num_layers)
 
     mesh = None
     if args.mesh:

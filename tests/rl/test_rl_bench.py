@@ -44,7 +44,7 @@ def test_flops_formula_by_hand(bench):
 
 def test_runs_on_cpu_with_tiny(bench, capsys):
     assert bench.main(["--model-shape", "tiny", "--batch", "4", "--seq", "32", "--steps", "1",
-                       "--repeats", "2", "--vocab-chunk", "100"]) == 0
+                       "--repeats", "2", "--vocab-chunk", "100", "--num-layers", "1"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert len(lines) == 2
     for rec in lines:

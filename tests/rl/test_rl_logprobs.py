@@ -93,3 +93,18 @@ def test_memory_does_not_scale_with_vocab():
     assert naive_growth >= logits_growth
     # ... the chunked one grows at most by a few [D, V] float32 buffers (the dW accumulator)
     assert growth <= 4 * d * (big - small) * 4, (growth, logits_growth)
+
+
+def test_entropy_without_gradient():
+    h, w, y = _inputs(seed=2)
+
+    def f(h, w, entropy_grad):
+        lp, ent = token_logprobs_and_entropy(h, w, y, vocab_chunk=8, entropy_grad=entropy_grad)
+        return jnp.sum(lp) + jnp.sum(ent)
+
+    g_no = jax.grad(f, (0, 1))(h, w, False)
+    g_lp = jax.grad(lambda h, w: jnp.sum(naive_token_logprobs_and_entropy(h, w, y)[0]), (0, 1))(h, w)
+    for a, b in zip(g_no, g_lp):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    _, ent = token_logprobs_and_entropy(h, w, y, vocab_chunk=8, entropy_grad=False)
+    np.testing.assert_allclose(np.asarray(ent), ref_logprobs_entropy(h, w, y)[1], atol=1e-5)

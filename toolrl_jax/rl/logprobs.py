@@ -52,7 +52,8 @@ def _acc_dtype(dtype):
     return jnp.promote_types(jax.dtypes.canonicalize_dtype(dtype), jnp.float32)
 
 
-def _forward(h, kernel, targets, chunk, inv_temp, compute_entropy):
+def _forward(h, kernel, targets, chunk, inv_temp, mode):
+    compute_entropy = mode[0]
     n = h.shape[0]
     vocab = kernel.shape[1]
     _, num_chunks = _chunk_plan(vocab, chunk)
@@ -82,17 +83,19 @@ def _forward(h, kernel, targets, chunk, inv_temp, compute_entropy):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _chunked(h, kernel, targets, chunk, inv_temp, compute_entropy):
-    logprobs, entropy, _ = _forward(h, kernel, targets, chunk, inv_temp, compute_entropy)
+def _chunked(h, kernel, targets, chunk, inv_temp, mode):
+    """``mode = (compute_entropy, entropy_grad)`` (static)."""
+    logprobs, entropy, _ = _forward(h, kernel, targets, chunk, inv_temp, mode)
     return logprobs, entropy
 
 
-def _chunked_fwd(h, kernel, targets, chunk, inv_temp, compute_entropy):
-    logprobs, entropy, lse = _forward(h, kernel, targets, chunk, inv_temp, compute_entropy)
+def _chunked_fwd(h, kernel, targets, chunk, inv_temp, mode):
+    logprobs, entropy, lse = _forward(h, kernel, targets, chunk, inv_temp, mode)
     return (logprobs, entropy), (h, kernel, targets, lse, entropy)
 
 
-def _chunked_bwd(chunk, inv_temp, compute_entropy, res, cotangents):
+def _chunked_bwd(chunk, inv_temp, mode, res, cotangents):
+    compute_entropy = mode[1]  # entropy gradient wanted
     h, kernel, targets, lse, entropy = res
     g_lp, g_h = cotangents
     acc = _acc_dtype(h.dtype)
@@ -135,6 +138,7 @@ def token_logprobs_and_entropy(
     vocab_chunk: int = 8192,
     compute_entropy: bool = True,
     temperature: float = 1.0,
+    entropy_grad: bool = True,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs of ``targets`` and the entropy of ``softmax(hidden @ kernel / temperature)``.
 
@@ -146,6 +150,8 @@ def token_logprobs_and_entropy(
       vocab_chunk: columns per chunk ``C``; memory is ``O(B T C)`` instead of ``O(B T V)``.
       compute_entropy: also return the entropy (else None; slightly cheaper).
       temperature: logits are divided by it (match the sampler's temperature).
+      entropy_grad: False treats the entropy as a constant (``stop_gradient``; for logging
+        only) and skips its term in the backward pass.
 
     Returns:
       ``(logprobs [B, T] float32, entropy [B, T] float32 or None)``; differentiable in
@@ -159,9 +165,13 @@ def token_logprobs_and_entropy(
     if kernel.dtype != h.dtype:
         kernel = kernel.astype(h.dtype)
     y = targets.reshape(b * t).astype(jnp.int32)
-    logprobs, entropy = _chunked(h, kernel, y, chunk, 1.0 / float(temperature), bool(compute_entropy))
+    mode = (bool(compute_entropy), bool(compute_entropy and entropy_grad))
+    logprobs, entropy = _chunked(h, kernel, y, chunk, 1.0 / float(temperature), mode)
     logprobs = logprobs.reshape(b, t)
-    return logprobs, (entropy.reshape(b, t) if compute_entropy else None)
+    if not compute_entropy:
+        return logprobs, None
+    entropy = entropy.reshape(b, t)
+    return logprobs, (entropy if mode[1] else jax.lax.stop_gradient(entropy))
 
 
 def naive_token_logprobs_and_entropy(

@@ -232,6 +232,7 @@ def token_logprobs(
     vocab_chunk: int,
     temperature: float = 1.0,
     compute_entropy: bool = True,
+    entropy_grad: bool = True,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Policy log-probs (and entropy) ``[B, T]`` aligned with ``tokens``; column 0 is 0.
 
@@ -246,7 +247,7 @@ def token_logprobs(
     kernel = model.lm_head_kernel().astype(hidden.dtype)
     lp, ent = token_logprobs_and_entropy(
         hidden[:, :-1], kernel, tokens[:, 1:], vocab_chunk=vocab_chunk,
-        compute_entropy=compute_entropy, temperature=temperature,
+        compute_entropy=compute_entropy, temperature=temperature, entropy_grad=entropy_grad,
     )
     pad = ((0, 0), (1, 0))
     return jnp.pad(lp, pad), (jnp.pad(ent, pad) if ent is not None else None)
@@ -380,6 +381,7 @@ class Learner:
         return token_logprobs(
             self.graphdef, params, batch, vocab_chunk=cfg.vocab_chunk,
             temperature=cfg.temperature, compute_entropy=cfg.compute_entropy,
+            entropy_grad=cfg.loss.entropy_coef > 0,
         )
 
     def _micro_terms(self, cparams: Any, mb: Batch, denom: jax.Array):
