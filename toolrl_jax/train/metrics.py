@@ -42,7 +42,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: Mapping[str, Any], *, kind: str = "train") -> dict:
         record = {"step": int(step), "kind": kind}
-        record.update({k: _to_py(v) for k, v in metrics.items()})
+        record.update({k: _to_py(v) for k, v in metrics.items() if k not in record})
         self._file.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in record.items():

@@ -1,0 +1,83 @@
+"""`toolrl-jax eval --model M --benchmark {bfcl,apibank,toolrl,generated}`: greedy evaluation.
+
+The model answers each task's chat prompt (its own chat template, as token ids) greedily with the
+jitted KV-cache sampler; `toolrl_jax.eval` scores the answers (bfcl-eval's own AST and multi-turn
+checkers for BFCL, exact match for API-Bank, exact match + ToolRL reward for the ToolRL split),
+prints a table in the layout of ToolRL's tables and writes JSON with --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="alias, local dir, .gguf or hub id")
+    parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated")
+    parser.add_argument("--categories", default=None,
+                        help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
+    parser.add_argument("--data", nargs="*", default=None, help="data file(s) for apibank / toolrl")
+    parser.add_argument("--limit", type=int, default=None, help="at most N tasks per category/file")
+    parser.add_argument("--output", default=None, help="write JSON results here")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16, help="decode slots")
+    parser.add_argument("--prompt-style", default="toolrl", help="toolrl | json_schema | compact")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--max-prompt-tokens", type=int, default=4096)
+
+
+def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_size: int,
+                    max_prompt_tokens: int):
+    """``predict_fn(tasks) -> texts``: greedy answers from the rollout engine (no tools run)."""
+    from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
+    from toolrl_jax.rollout.sampling import SamplingConfig
+
+    engines: dict[int, RolloutEngine] = {}
+
+    def engine_for(total: int) -> RolloutEngine:
+        size = max(256, 1 << (total - 1).bit_length())  # a handful of cache sizes per run
+        if size not in engines:
+            cfg = RolloutConfig(num_slots=batch_size, max_new_tokens=max_new_tokens,
+                                max_total_len=size, max_turns=1,
+                                sampling=SamplingConfig(temperature=0.0))
+            engines[size] = RolloutEngine(model, cfg, tokenizer=tokenizer, template=template)
+        return engines[size]
+
+    def predict(tasks):
+        prompts = [template.render_prompt(tokenizer, t.messages, add_generation_prompt=True)
+                   for t in tasks]
+        texts = [""] * len(tasks)
+        ok = [i for i, p in enumerate(prompts) if len(p) <= max_prompt_tokens]
+        if len(ok) < len(prompts):
+            print(f"eval: {len(prompts) - len(ok)} prompts over --max-prompt-tokens="
+                  f"{max_prompt_tokens} answered with an empty string", file=sys.stderr)
+        if not ok:
+            return texts
+        longest = max(len(prompts[i]) for i in ok)
+        eng = engine_for(longest + max_new_tokens)
+        traj = eng.run([RolloutRequest(prompt_ids=prompts[i]) for i in ok])
+        for row, i in enumerate(ok):
+            texts[i] = traj.completion_text(row, tokenizer, skip_special_tokens=True)
+        return texts
+
+    return predict
+
+
+def run(args) -> int:
+    from toolrl_jax.chat import detect_template, load_tokenizer
+    from toolrl_jax.eval.run import report_and_save, run_benchmark
+    from toolrl_jax.models.registry import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype)
+    tokenizer = load_tokenizer(loaded.source.tokenizer_source)
+    template = detect_template(tokenizer)
+    predict = make_predict_fn(loaded.model, tokenizer, template,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              max_prompt_tokens=args.max_prompt_tokens)
+    data = args.data[0] if args.data and len(args.data) == 1 else args.data
+    results = run_benchmark(args.benchmark, predict, categories=args.categories, data=data,
+                            limit=args.limit, prompt_style=args.prompt_style,
+                            batch_size=max(args.batch_size * 4, 16))
+    report_and_save(results, str(args.model), args.output)
+    return 0

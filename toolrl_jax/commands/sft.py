@@ -1,0 +1,41 @@
+"""`toolrl-jax sft --config configs/X.yaml [key=value ...]`: supervised warm start only.
+
+Runs the ``sft`` section of a training config (assistant tokens only) and writes a checkpoint
+in ``train.out_dir/checkpoints`` that ``toolrl-jax train`` with the same ``train.out_dir``
+resumes from, plus an HF export in ``train.out_dir/sft_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML recipe with an sft section")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides")
+
+
+def run(args) -> int:
+    from toolrl_jax.config_io import load_config
+    from toolrl_jax.errors import ConfigError
+    from toolrl_jax.models.export import export_hf_dir
+    from toolrl_jax.train.config import TrainConfig
+    from toolrl_jax.train.metrics import MetricsLogger
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if cfg.sft.steps <= 0:
+        raise ConfigError("sft.steps: must be > 0 for `toolrl-jax sft` (e.g. sft.steps=100)")
+    trainer = Trainer(cfg)
+    trainer.metrics = MetricsLogger(trainer.run_dir)
+    try:
+        metrics = trainer.sft()
+        result = trainer.evaluate(0, cfg.train.eval_limit)
+        trainer.metrics.log(cfg.sft.steps, result, kind="eval_after_sft")
+    finally:
+        trainer.metrics.close()
+    out = trainer.run_dir / "sft_model"
+    export_hf_dir(trainer.model, trainer.model_config, out, tokenizer=trainer.tokenizer)
+    print(json.dumps({"sft": metrics, "eval": result, "model": str(out)}, indent=2))
+    return 0

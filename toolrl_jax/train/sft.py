@@ -1,0 +1,83 @@
+"""Supervised warm start: cross-entropy on assistant tokens only.
+
+``loss = - sum_{b,t} m[b,t] log p(x[b,t] | x[b,<t]) / sum m``, with ``m`` the loss mask that
+:meth:`toolrl_jax.chat.Conversation.from_messages` (``train_on_assistant=True``) puts on the
+assistant content and its end-of-turn token. Log-probs come from the same vocab-chunked code as
+the GRPO step (:func:`toolrl_jax.rl.train_step.token_logprobs`), so no ``[B, T, V]`` float32
+logits are built. The state is the GRPO :class:`~toolrl_jax.rl.train_step.TrainState`, so an
+SFT checkpoint feeds ``train`` directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from toolrl_jax.rl.train_step import OptimConfig, TrainState, make_optimizer, token_logprobs
+
+
+def sft_example(tokenizer, template, messages: Sequence[Mapping[str, Any]], answer: str
+                ) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask of ``messages + [assistant: answer]`` (mask 1 on the answer)."""
+    from toolrl_jax.chat import Conversation
+
+    conv = Conversation.from_messages(
+        tokenizer, template, list(messages) + [{"role": "assistant", "content": answer}],
+        train_on_assistant=True,
+    )
+    return list(conv.ids), list(conv.loss_mask)
+
+
+def pad_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int,
+                 pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Right-pads ``(ids, mask)`` pairs to ``[B, length]`` arrays (tokens, positions, ...)."""
+    b = len(examples)
+    tokens = np.full((b, length), pad_id, np.int32)
+    mask = np.zeros((b, length), np.float32)
+    seg = np.zeros((b, length), np.int32)
+    for i, (ids, m) in enumerate(examples):
+        n = min(len(ids), length)
+        tokens[i, :n] = ids[:n]
+        mask[i, :n] = m[:n]
+        seg[i, :n] = 1
+    mask[:, 0] = 0.0
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy()
+    return {"tokens": tokens, "positions": positions, "segment_ids": seg, "loss_mask": mask}
+
+
+class SFTLearner:
+    """Jitted SFT step ``(state, batch) -> (state, metrics)`` over a model's graphdef."""
+
+    def __init__(self, graphdef, optim: OptimConfig, *, vocab_chunk: int = 8192):
+        self.graphdef = graphdef
+        self.optimizer = make_optimizer(optim)
+        self.vocab_chunk = vocab_chunk
+        self._step = jax.jit(self._train_step, donate_argnums=0)
+
+    def init_state(self, params: Any, seed: int = 0) -> TrainState:
+        params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+        return TrainState(params=params, opt_state=self.optimizer.init(params),
+                          step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed))
+
+    def loss(self, params, batch) -> tuple[jax.Array, dict]:
+        lp, _ = token_logprobs(self.graphdef, params, batch, vocab_chunk=self.vocab_chunk,
+                               compute_entropy=False)
+        mask = batch["loss_mask"].astype(jnp.float32)
+        n = jnp.maximum(mask.sum(), 1.0)
+        nll = -(lp * mask).sum() / n
+        return nll, {"sft_loss": nll, "sft_tokens": mask.sum()}
+
+    def _train_step(self, state: TrainState, batch):
+        (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, batch)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        return TrainState(params=params, opt_state=opt_state, step=state.step + 1,
+                          rng=state.rng), metrics
+
+    def step(self, state: TrainState, batch: Mapping[str, np.ndarray]):
+        return self._step(state, {k: jnp.asarray(v) for k, v in batch.items()})
