@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toolrl_jax.errors import DataError
 from toolrl_jax.rewards.config import MAX_EXACT_OPTIMAL_CALLS, ToolRLRewardConfig
 from toolrl_jax.rewards.encode import ToolCallBatch, encode_batch
 
@@ -403,8 +404,22 @@ def score_texts(
     step: int = 0,
     config: ToolRLRewardConfig | None = None,
 ) -> dict[str, np.ndarray]:
-    """Encode and score texts in one call; returns numpy arrays total/format/correctness/length."""
+    """Encode and score texts in one call; returns ``[B]`` numpy arrays total/format/correctness/length.
+
+    The batch is padded to the next power of two (>= 8) so that varying batch sizes reuse a few
+    compiled programs.
+    """
     config = config or ToolRLRewardConfig()
-    batch = encode_batch(completions, ground_truths, config)
+    n = len(completions)
+    if n != len(ground_truths):
+        raise DataError(f"{n} completions but {len(ground_truths)} ground truths")
+    if n == 0:
+        return {k: np.zeros(0, np.float32) for k in ToolRLReward._fields}
+    size = 8
+    while size < n:
+        size *= 2
+    comps = list(completions) + [completions[0]] * (size - n)
+    gts = list(ground_truths) + [ground_truths[0]] * (size - len(ground_truths))
+    batch = encode_batch(comps, gts, config)
     out = toolrl_reward(batch, np.int32(step), config)
-    return {k: np.asarray(getattr(out, k)) for k in ToolRLReward._fields}
+    return {k: np.asarray(getattr(out, k))[:n] for k in ToolRLReward._fields}
