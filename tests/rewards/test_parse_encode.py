@@ -217,3 +217,15 @@ def test_encode_reuses_parsed_completions():
         b = encode_batch([parse_completion(t, "auto") for t in texts], [gt] * 4, cfg)
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+
+
+def test_score_texts_pads_and_checks_lengths():
+    from toolrl_jax.rewards.toolrl import score_texts
+
+    gt = _text([{"name": "A", "parameters": {"x": 1}}])
+    comps = [gt, _text([{"name": "A", "parameters": {"x": 2}}]), "<think>t</think>\n<response>r</response>"]
+    out = score_texts(comps, [gt] * 3, 0, ToolRLRewardConfig.compat_toolrl())
+    # x=2: names 1 + keys 1 + no value, S_max 3 -> 6 * 2 / 3 - 3 = 1
+    np.testing.assert_allclose(out["correctness"], [3.0, 1.0, -3.0], atol=1e-6)
+    with pytest.raises(DataError):
+        score_texts(comps, [gt], 0)
