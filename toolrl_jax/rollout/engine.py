@@ -407,6 +407,11 @@ class RolloutEngine:
         seed = cfg.seed if seed is None else int(seed)
         requests = [r if isinstance(r, RolloutRequest) else RolloutRequest(prompt_ids=list(r))
                     for r in requests]
+        for uid, r in enumerate(requests):  # fail before any work, not halfway through
+            if r.prompt_ids is not None and len(r.prompt_ids) + 1 > cfg.max_total_len:
+                raise ConfigError(
+                    f"request {uid}: prompt of {len(r.prompt_ids)} tokens leaves no room under "
+                    f"rollout.max_total_len={cfg.max_total_len}; raise it or shorten the prompt")
         b = cfg.num_slots
         queue = deque(enumerate(requests))
         slots: list[_Slot | None] = [None] * b
