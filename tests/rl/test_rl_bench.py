@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pathlib
 
 import pytest
@@ -43,10 +44,11 @@ def test_flops_formula_by_hand(bench):
 
 
 def test_runs_on_cpu_with_tiny(bench, capsys):
-    assert bench.main(["--model-shape", "tiny", "--batch", "4", "--seq", "32", "--steps", "1",
+    assert bench.main(["--model-shape", "tiny", "--batch", "4", "--seq", "16", "--steps", "1",
                        "--repeats", "2", "--vocab-chunk", "100", "--num-layers", "1"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert len(lines) == 2
     for rec in lines:
         assert rec["tokens_per_s"] > 0 and rec["mfu"] is None and rec["device_kind"] == "cpu"
-        assert rec["tokens_per_step"] == 128
+        assert rec["tokens_per_step"] == 64
+        assert rec["dtype"] == "bfloat16" and math.isfinite(rec["loss"])  # bf16 compute path

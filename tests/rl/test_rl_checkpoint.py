@@ -42,25 +42,21 @@ def test_kill_and_resume_reproduce_uninterrupted_run(tmp_path):
             for key in ("loss", "pg_loss", "grad_norm", "entropy", "param_sum", "learning_rate"):
                 assert m[key] == pytest.approx(r[key], rel=1e-6, abs=1e-9), (m["step"], key)
 
-    # SIGKILL after step 3: the checkpoint of step 2 survives, steps 3..6 are redone
-    rc, log, killed = _run(tmp_path, "kill1", "kill", "--kill-after", "3")
-    assert rc == -9, log
-    assert [int(m["step"]) for m in killed] == [1, 2, 3]
-    rc, log, resumed = _run(tmp_path, "kill2", "kill")
-    assert rc == 0, log
-    assert "resumed at step 2" in log
-    assert [int(m["step"]) for m in resumed] == [3, 4, 5, 6]
-    check(killed + resumed)
-
-    # SIGTERM after step 3: saved at the step boundary (step 3), exit code 143, resume at 4
-    rc, log, termed = _run(tmp_path, "term1", "term", "--sigterm-after", "3")
+    # SIGTERM after step 3: saved at the step boundary (step 3), exit code 143
+    rc, log, termed = _run(tmp_path, "term", "run", "--sigterm-after", "3")
     assert rc == 143, log
     assert [int(m["step"]) for m in termed] == [1, 2, 3]
-    assert (tmp_path / "term" / "3").is_dir()
-    rc, log, resumed = _run(tmp_path, "term2", "term")
-    assert rc == 0, log
+    assert (tmp_path / "run" / "3").is_dir()
+    # resume at 3; SIGKILL after step 5, between the checkpoints of steps 4 and 6
+    rc, log, killed = _run(tmp_path, "kill", "run", "--kill-after", "5")
+    assert rc == -9, log
     assert "resumed at step 3" in log
-    assert [int(m["step"]) for m in resumed] == [4, 5, 6]
-    check(termed + resumed)
+    assert [int(m["step"]) for m in killed] == [4, 5]
+    # resume from the step-4 checkpoint: step 5 is redone, then 6
+    rc, log, resumed = _run(tmp_path, "resume", "run")
+    assert rc == 0, log
+    assert "resumed at step 4" in log
+    assert [int(m["step"]) for m in resumed] == [5, 6]
+    check(termed + killed + resumed)
     # keep=2: only the last two checkpoints remain
-    assert sorted(int(p.name) for p in (tmp_path / "term").iterdir() if p.name.isdigit()) == [4, 6]
+    assert sorted(int(p.name) for p in (tmp_path / "run").iterdir() if p.name.isdigit()) == [4, 6]
