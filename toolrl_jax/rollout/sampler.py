@@ -530,8 +530,11 @@ class Sampler:
     ) -> DecodeState:
         """Host wrapper of :func:`extend_step`: pads rows and lengths to their buckets.
 
-        ``chunks[i]`` is appended to slot ``rows[i]``; ``state`` is donated (do not reuse it).
-        Raises ``ConfigError`` if a chunk is empty or cannot fit the cache.
+        ``chunks[i]`` is appended to slot ``rows[i]`` (distinct rows); ``state`` is donated (do
+        not reuse it). For a continued row (``reset`` False) the caller guarantees
+        ``cache_index + bucket_length(len(chunk)) <= cache_len`` (the decoder's cache write
+        clamps at the end of the cache; the engine checks this before every observation).
+        Raises ``ConfigError`` if a chunk is empty or its bucket exceeds the cache.
         """
         n = len(rows)
         if n == 0:
@@ -554,10 +557,9 @@ class Sampler:
             tok[i, : len(c)] = c
 
         def col(values, default, dtype):
-            if values is None:
-                values = default
-            arr = np.broadcast_to(np.asarray(values, dtype), (n,))
-            return np.concatenate([arr, np.full((pad,), default if np.isscalar(default) else 0, dtype)])
+            """``[R]`` column: the given values (or the default) for real rows, default for pads."""
+            arr = np.broadcast_to(np.asarray(default if values is None else values, dtype), (n,))
+            return np.concatenate([arr, np.full((pad,), default, dtype)])
 
         rows_arr = np.concatenate([np.asarray(rows, np.int32), np.full((pad,), self.batch_size, np.int32)])
         lengths = np.concatenate([lengths, np.zeros((pad,), np.int32)])
