@@ -173,9 +173,30 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 ATTENTION_Q_CHUNK = 512
 
 
+def _attention_one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Decode-step attention (``T == 1``) as multiply-and-reduce in the cache's own layout.
+
+    A batched matmul over ``[B, S, KVH, Dh]`` would make XLA transpose (copy) K and V of every
+    layer at every decode step; broadcasting ``q`` against ``k`` and reducing over ``Dh`` (then
+    ``probs`` against ``v`` reducing over ``S``) reads each cache entry once. Same numbers as
+    :func:`_attention_xla` (float32 scores, masked entries at the float32 minimum).
+    """
+    b, _, h, dh = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    qg = q.reshape(b, 1, kvh, g, dh).astype(jnp.float32)
+    scores = jnp.sum(qg * k.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [B, S, KVH, G]
+    scores = jnp.where(mask[:, 0, :, None, None], scores * (1.0 / np.sqrt(dh)), _MASKED)
+    probs = jax.nn.softmax(scores, axis=1)
+    out = jnp.sum(probs[..., None] * v.astype(jnp.float32)[:, :, :, None, :], axis=1)  # [B,KVH,G,Dh]
+    return out.reshape(b, 1, h, dh).astype(v.dtype)
+
+
 def _attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     b, t, h, dh = q.shape
     kvh = k.shape[2]
+    if t == 1:
+        return _attention_one_query(q, k, v, mask)
     qg = q.reshape(b, t, kvh, h // kvh, dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask[:, None, None, :, :], scores * (1.0 / np.sqrt(dh)), _MASKED)
