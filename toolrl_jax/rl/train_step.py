@@ -332,6 +332,13 @@ class Learner:
         if self.mesh is None:
             return {k: jnp.asarray(v) for k, v in batch.items()}
         sh = self.batch_sharding
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        rows = int(np.shape(batch["tokens"])[0]) * jax.process_count()
+        if rows % shards:
+            raise ConfigError(
+                f"batch of {rows} rows is not divisible by data*fsdp={shards} mesh devices; "
+                "pad the batch or change the mesh"
+            )
         if jax.process_count() > 1:
             return {k: jax.make_array_from_process_local_data(sh, np.asarray(v))
                     for k, v in batch.items()}
@@ -409,6 +416,13 @@ class Learner:
                 f"micro_batch_size={mbs} must divide the batch size {bsz} (pad the batch)"
             )
         num_micro = bsz // mbs
+        if self.mesh is not None:
+            shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+            if mbs % shards:
+                raise ConfigError(
+                    f"micro_batch_size={mbs} rows must be divisible by data*fsdp={shards} "
+                    "mesh devices (each device needs whole rows)"
+                )
         denom = jnp.maximum(
             losses_lib.aggregation_denominator(batch["loss_mask"], cfg.loss.aggregation), 1e-20
         )
