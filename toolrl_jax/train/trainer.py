@@ -18,7 +18,6 @@ greedily and reports the mean ToolRL reward, its components and exact-match accu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import sys
@@ -254,12 +253,15 @@ class Trainer:
                  seed: int):
         from toolrl_jax.rollout.engine import RolloutRequest
 
-        eng = self.engine(kind)
-        eng.config = dataclasses.replace(eng.config, seed=int(seed))
         reqs = [RolloutRequest(prompt_ids=list(p), group_id=int(g)) for p, g in zip(prompts, group_ids)]
-        return eng.run(reqs)
+        return self.engine(kind).run(reqs, seed=int(seed))
 
     def _texts(self, traj) -> list[str]:
+        """Text the reward scores: the first assistant turn (ToolRL's rule; in single-turn mode
+        that is the whole completion). Decoded for scoring only, never fed back as ids."""
+        if self.cfg.rollout.mode == "multi_turn":
+            return [self.tokenizer.decode(traj.turn_ids(i, 0).tolist(), skip_special_tokens=True)
+                    for i in range(traj.tokens.shape[0])]
         return [traj.completion_text(i, self.tokenizer, skip_special_tokens=True)
                 for i in range(traj.tokens.shape[0])]
 
@@ -363,6 +365,17 @@ class Trainer:
         stats = {"constant_groups": int(out.num_constant_groups), "groups": int(out.num_groups)}
         return batch, stats
 
+    def _reference_params(self, state):
+        """The frozen reference policy for the KL term: the initial model (after SFT, if any).
+
+        It is re-read from the model's starting weights: ``self._initial_params`` is captured
+        before the first update (on resume: the checkpointed run's reference is not saved, so
+        the restored policy is used, and the resumed run says so)."""
+        if getattr(self, "_initial_params", None) is not None:
+            return self._initial_params
+        self.log("kl_coef > 0 after resume: the reference policy is the restored policy")
+        return jax.tree.map(lambda x: jnp.array(x, copy=True), state.params)
+
     def train(self) -> dict:
         """SFT warm start (if configured), then GRPO; evaluates before and after."""
         from tqdm import tqdm
@@ -402,7 +415,11 @@ class Trainer:
                              f"{json.dumps(_round(after_sft))}")
                 _, params = split_model(self.model)
                 state = self.learner.init_state(params, seed=cfg.train.seed)
+                if a.kl_coef > 0:
+                    self._initial_params = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                                        state.params)
 
+            ref_params = None
             n_prompts = r.prompts_per_step
             rows = n_prompts * r.samples_per_prompt
             if rows % a.ppo_minibatches:
@@ -425,6 +442,14 @@ class Trainer:
                 times["time_reward"] = time.perf_counter() - t1
                 batch, adv_stats = self._grpo_batch(traj, scores["total"])
                 t2 = time.perf_counter()
+                if a.kl_coef > 0:  # frozen reference = the policy at the start of GRPO
+                    if ref_params is None:
+                        ref_params = self._reference_params(state)
+                    keys = ("tokens", "positions", "segment_ids")
+                    placed = self.learner.shard_batch({k: batch[k] for k in keys})
+                    batch["ref_logprobs"] = np.asarray(jax.device_get(
+                        self.learner.compute_logprobs(ref_params, placed)["logprobs"]))
+                    times["time_ref_logprobs"] = time.perf_counter() - t2
                 state, step_metrics = self.learner.ppo_update(
                     state, batch, num_mini_batches=a.ppo_minibatches)
                 step_metrics = jax.device_get(step_metrics)
