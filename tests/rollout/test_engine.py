@@ -280,14 +280,14 @@ def test_refill_keeps_slots_busy_with_random_latency_tools(qwen):
     tok = qwen
     scripts, expected = {}, {}
     for k in range(12):
-        msgs, prompt, turn1, obs, turn2 = scripted_add_episode(tok, k, long_answer=100 if k % 4 == 0 else 0)
+        msgs, prompt, turn1, obs, turn2 = scripted_add_episode(tok, k, long_answer=150 if k % 4 == 0 else 0)
         add_script(scripts, prompt, turn1)
         add_script(scripts, prompt + turn1 + obs, turn2)
         expected[k] = (msgs, prompt + turn1 + obs + turn2)
     policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
     results = {}
     for refill in (True, False):
-        config = RolloutConfig(num_slots=4, max_new_tokens=128, max_total_len=256, max_turns=2,
+        config = RolloutConfig(num_slots=4, max_new_tokens=160, max_total_len=256, max_turns=2,
                                chunk_steps=8, sampling=GREEDY, refill=refill, pad_multiple=1)
         engine = RolloutEngine(policy, config, tokenizer=tok,
                                executor=ToolExecutor([make_add_tool((0.0, 0.2), seed=1)], max_workers=8),
@@ -298,5 +298,7 @@ def test_refill_keeps_slots_busy_with_random_latency_tools(qwen):
         results[refill] = traj.stats
     on, off = results[True], results[False]
     assert on["active_row_steps"] == off["active_row_steps"]  # same work
-    assert on["slot_utilisation"] > off["slot_utilisation"] + 0.15, (on, off)
+    print("slot utilisation refill on/off:", on["slot_utilisation"], off["slot_utilisation"])
+    # waves: ~0.37 of the slot-steps are live; refill: > 0.5 even with rows idle during tool calls
+    assert on["slot_utilisation"] > 1.25 * off["slot_utilisation"], (on, off)
     assert on["decode_steps"] < off["decode_steps"]
