@@ -76,7 +76,10 @@ def main() -> None:
         bytes_dev = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(new_state))
         bytes_all = sum(x.nbytes for x in jax.tree.leaves(new_state))
         out[name] = dict(
-            loss=metrics["loss"], diffs={k: metrics[k] - ref_metrics[k] for k in ("loss", "pg_loss", "kl_loss", "entropy", "grad_norm")}, param_rel=rel, metric_rel=metric_rel,
+            loss=metrics["loss"],
+            diffs={k: metrics[k] - ref_metrics[k]
+                   for k in ("loss", "pg_loss", "kl_loss", "entropy", "grad_norm")},
+            param_rel=rel, metric_rel=metric_rel,
             param_fractions=sorted(set(fractions(new_state.params))),
             opt_fractions=sorted(set(x.addressable_shards[0].data.size / x.size for x in mu_nu)),
             num_opt_2d=len(mu_nu), state_bytes_fraction=bytes_dev / bytes_all,

@@ -95,16 +95,16 @@ def ref_policy_loss(lp, old, adv, mask, *, eps_low=0.2, eps_high=0.2, dual_c=Non
             a = adv[i, j]
             r = math.exp(lp[i, j] - old[i, j])
             rc = min(max(r, 1 - eps_low), 1 + eps_high)
-            l = max(-a * r, -a * rc)
+            loss = max(-a * r, -a * rc)
             if dual_c is not None and a < 0:
-                l = min(l, -a * dual_c)
+                loss = min(loss, -a * dual_c)
             if tis_cap is not None:
-                l *= min(math.exp(old[i, j] - sample[i, j]), tis_cap)
+                loss *= min(math.exp(old[i, j] - sample[i, j]), tis_cap)
             if kl_coef > 0:
-                l += kl_coef * float(ref_kl(lp[i, j], ref[i, j], kl_est))
+                loss += kl_coef * float(ref_kl(lp[i, j], ref[i, j], kl_est))
             if ent_coef > 0:
-                l -= ent_coef * ent[i, j]
-            s += l * mask[i, j]
+                loss -= ent_coef * ent[i, j]
+            s += loss * mask[i, j]
             c += mask[i, j]
         row_losses.append(s)
         row_counts.append(c)

@@ -35,11 +35,11 @@ def test_shapes_match_model_cards(bench, shape, total, non_embedding):
 
 def test_flops_formula_by_hand(bench):
     cfg = ModelConfig.tiny("llama", tie_word_embeddings=False)
-    d, f, v, l, h, kvh, dh = 64, 128, 256, 2, 4, 2, 16
+    d, f, v, n_layers, h, kvh, dh = 64, 128, 256, 2, 4, 2, 16
     per_layer = d * h * dh + 2 * d * kvh * dh + h * dh * d + 3 * d * f + 2 * d
-    matmul_params = l * per_layer + d + d * v  # norms are tiny but counted; lm_head counted
+    matmul_params = n_layers * per_layer + d + d * v  # norms are tiny but counted; lm_head counted
     b, t = 2, 10
-    want = 6 * matmul_params * b * t + 12 * l * h * dh * t * b * t
+    want = 6 * matmul_params * b * t + 12 * n_layers * h * dh * t * b * t
     assert bench.model_flops_per_step(cfg, b, t) == want
 
 

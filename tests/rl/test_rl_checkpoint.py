@@ -23,7 +23,8 @@ def _run(tmp: pathlib.Path, name: str, ckpt: str, *extra: str) -> tuple[int, str
          "--cache", str(tmp / "jax_cache"), "--steps", "6", "--save-every", "2", *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    rows = [json.loads(line) for line in lines]
     return proc.returncode, proc.stdout + proc.stderr, rows
 
 

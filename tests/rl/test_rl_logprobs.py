@@ -103,7 +103,8 @@ def test_entropy_without_gradient():
         return jnp.sum(lp) + jnp.sum(ent)
 
     g_no = jax.grad(f, (0, 1))(h, w, False)
-    g_lp = jax.grad(lambda h, w: jnp.sum(naive_token_logprobs_and_entropy(h, w, y)[0]), (0, 1))(h, w)
+    g_lp = jax.grad(
+        lambda h, w: jnp.sum(naive_token_logprobs_and_entropy(h, w, y)[0]), (0, 1))(h, w)
     for a, b in zip(g_no, g_lp):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     _, ent = token_logprobs_and_entropy(h, w, y, vocab_chunk=8, entropy_grad=False)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import jax
-from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from tests.rl._reference import ref_kl, ref_policy_loss
 from toolrl_jax.errors import ConfigError
@@ -61,7 +60,7 @@ def _ref_kwargs(case, agg, bt, norm_const=None):
 def test_loss_matches_reference(case, agg):
     bt = _batch()
     cfg = losses.LossConfig(aggregation=agg, **case)
-    loss, metrics = jax.jit(losses.policy_loss, static_argnames="config")(
+    loss, metrics = losses.policy_loss(  # eager: op-level compile caches are shared by cases
         bt["lp"], bt["old"], bt["adv"], bt["mask"], config=cfg, ref_logprobs=bt["ref"],
         entropy=bt["ent"], sample_logprobs=bt["sample"],
     )
@@ -192,3 +191,13 @@ def test_gradient_matches_finite_differences_tiny_model():
         fd = np.asarray((f(flat + basis) - f(flat - basis)) / (2 * eps))
         assert np.abs(gflat).max() > 1e-3
         np.testing.assert_allclose(np.asarray(gflat), fd, rtol=1e-5, atol=1e-7)
+
+
+def test_jitted_loss_equals_eager():
+    bt = _batch(4)
+    cfg = losses.LossConfig(**CASES[-1], aggregation="seq-mean-token-mean")
+    args = (bt["lp"], bt["old"], bt["adv"], bt["mask"])
+    kw = dict(ref_logprobs=bt["ref"], entropy=bt["ent"], sample_logprobs=bt["sample"])
+    jitted, _ = jax.jit(losses.policy_loss, static_argnames="config")(*args, config=cfg, **kw)
+    eager, _ = losses.policy_loss(*args, cfg, **kw)
+    np.testing.assert_allclose(float(jitted), float(eager), rtol=1e-6)

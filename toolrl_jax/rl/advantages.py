@@ -147,7 +147,9 @@ def group_stats(
     return GroupStats(count=count, mean=mean, std=std, is_constant=is_constant)
 
 
-def _masked_batch_mean_std(x: jax.Array, valid: jax.Array, ddof: int) -> tuple[jax.Array, jax.Array]:
+def _masked_batch_mean_std(
+    x: jax.Array, valid: jax.Array, ddof: int
+) -> tuple[jax.Array, jax.Array]:
     w = valid.astype(jnp.float32)
     n = jnp.sum(w)
     mean = jnp.sum(x * w) / jnp.maximum(n, 1.0)

@@ -42,7 +42,8 @@ token-level metrics are mask-weighted sums divided by the total token count.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -272,7 +273,8 @@ def policy_loss_terms(
         loss_sums["kl_loss"] = jnp.sum(w * kl)
         token_sums["ref_kl"] = jnp.sum(kl * mask)
     elif ref_logprobs is not None:
-        token_sums["ref_kl"] = jnp.sum(kl_penalty(logprobs, ref_logprobs, config.kl_estimator) * mask)
+        ref_kl = kl_penalty(logprobs, ref_logprobs, config.kl_estimator)
+        token_sums["ref_kl"] = jnp.sum(ref_kl * mask)
     if config.entropy_coef > 0:
         if entropy is None:
             raise ValueError("loss.entropy_coef > 0 but no entropy was computed")

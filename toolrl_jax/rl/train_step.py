@@ -48,7 +48,8 @@ PPO mini-batches. :meth:`Learner.ppo_update` splits one rollout batch into sever
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import flax.struct
 import jax
@@ -56,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl import losses as losses_lib
@@ -109,7 +111,9 @@ class OptimConfig:
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            raise ConfigError(f"optim.grad_clip_norm: must be > 0 or null, got {self.grad_clip_norm}")
+            raise ConfigError(
+                f"optim.grad_clip_norm: must be > 0 or null, got {self.grad_clip_norm}"
+            )
         if self.moment_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"optim.moment_dtype: {self.moment_dtype!r} is not float32/bfloat16")
 
@@ -138,7 +142,9 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ConfigError(f"micro_batch_size: must be >= 1 or null, got {self.micro_batch_size}")
+            raise ConfigError(
+                f"micro_batch_size: must be >= 1 or null, got {self.micro_batch_size}"
+            )
         if self.vocab_chunk < 1:
             raise ConfigError(f"vocab_chunk: must be >= 1, got {self.vocab_chunk}")
         if not self.temperature > 0:
@@ -442,9 +448,9 @@ class Learner:
 
             def body(carry, mb):
                 g_acc, l_acc, ls_acc, ts_acc = carry
-                (l, terms), g = grad_fn(cparams, mb, denom)
+                (mb_loss, terms), g = grad_fn(cparams, mb, denom)
                 add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
-                return (add(g_acc, f32(g)), l_acc + l, add(ls_acc, terms.loss_sums),
+                return (add(g_acc, f32(g)), l_acc + mb_loss, add(ls_acc, terms.loss_sums),
                         add(ts_acc, terms.token_sums)), None
 
             first = jax.tree.map(lambda x: x[0], micro)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import pathlib
 import signal
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
