@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -22,6 +23,7 @@ from flax import nnx  # noqa: E402
 from toolrl_jax.models import Decoder, ModelConfig, make_mesh  # noqa: E402
 from toolrl_jax.rl.losses import LossConfig  # noqa: E402
 from toolrl_jax.rl.train_step import GRPOConfig, Learner, OptimConfig, split_model  # noqa: E402
+from toolrl_jax.train.checkpoint import Checkpointer  # noqa: E402
 
 B, T = 16, 16
 
@@ -85,6 +87,15 @@ def main() -> None:
             num_opt_2d=len(mu_nu), state_bytes_fraction=bytes_dev / bytes_all,
             step_sharding=str(new_state.step.sharding.spec),
         )
+        if name == "fsdp4_tp2":  # sharded save -> restore onto the mesh shardings
+            with tempfile.TemporaryDirectory() as tmp, Checkpointer(tmp, save_every=0) as ckpt:
+                ckpt.save(1, new_state, {"next_index": 7}, wait=True)
+                restored, pos = ckpt.restore(learner.abstract_state(params))
+            same = all(
+                bool(np.array_equal(np.asarray(a), np.asarray(b))) and a.sharding == b.sharding
+                for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(new_state))
+            )
+            out[name]["restore_equal"] = same and pos == {"next_index": 7}
     print("RESULT " + json.dumps(out))
 
 

@@ -185,4 +185,5 @@ def test_sharded_step_matches_single_device():
     assert fsdp["param_fractions"] == [0.125] and fsdp["opt_fractions"] == [0.125]
     assert fsdp["num_opt_2d"] == 18  # mu and nu of the 9 matrices
     assert fsdp["state_bytes_fraction"] < 0.13  # only norms / biases / scalars replicated
+    assert fsdp["restore_equal"]  # Orbax round trip of the sharded state, same shardings
     assert res["data8"]["param_fractions"] == [1.0]  # pure data parallel: replicated
