@@ -31,7 +31,9 @@ def uncached_next_token_logits(model, max_len: int = 96):
     return f
 
 
-def random_tiny_decoder(model_type: str = "llama", *, seed: int = 0, scale: float = 0.3, **overrides):
+def random_tiny_decoder(
+    model_type: str = "llama", *, seed: int = 0, scale: float = 0.3, **overrides
+):
     """A tiny Decoder whose params are N(0, scale^2) (std 0.02 init makes greedy output repeat
     the last token, which would hide cache bugs)."""
     config = ModelConfig.tiny(model_type, **overrides)
@@ -82,8 +84,15 @@ class OraclePolicy(nnx.Module):
     token, a wrong position, a stale row) changes the hash and derails the script.
     """
 
-    def __init__(self, scripts: dict[tuple[int, ...], int], *, vocab_size: int, max_len: int,
-                 default_token: int, seed: int = 0):
+    def __init__(
+        self,
+        scripts: dict[tuple[int, ...], int],
+        *,
+        vocab_size: int,
+        max_len: int,
+        default_token: int,
+        seed: int = 0,
+    ):
         mults = hash_multipliers(max_len, seed)
         keys = np.array([prefix_hash(p, mults) for p in scripts], np.uint32)
         vals = np.array(list(scripts.values()), np.int32)
@@ -119,5 +128,7 @@ class OraclePolicy(nnx.Module):
     def logits(self, hidden):
         h = hidden[..., 0]
         hit = h[..., None] == self.keys.value  # [..., K]
-        token = jnp.where(jnp.any(hit, -1), self.vals.value[jnp.argmax(hit, -1)], self.default_token)
+        token = jnp.where(
+            jnp.any(hit, -1), self.vals.value[jnp.argmax(hit, -1)], self.default_token
+        )
         return 30.0 * jax.nn.one_hot(token, self.vocab_size, dtype=jnp.float32)

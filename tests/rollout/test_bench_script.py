@@ -18,14 +18,44 @@ def _load():
 
 def test_bench_decode_and_multi_turn_tiny(capsys):
     bench = _load()
-    bench.main(["--model-shape", "tiny", "--batch", "2", "--prompt-len", "8", "--new-tokens", "8",
-                "--repeats", "1"])
+    bench.main(
+        [
+            "--model-shape",
+            "tiny",
+            "--batch",
+            "2",
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "8",
+            "--repeats",
+            "1",
+        ]
+    )
     decode = json.loads(capsys.readouterr().out.strip())
     assert decode["bench"] == "decode" and decode["decode_steps"] == 7  # first token from prefill
     assert decode["decode_tokens_per_s"] > 0 and decode["bytes_per_step"] > 0
-    bench.main(["--model-shape", "tiny", "--multi-turn", "--batch", "2", "--num-requests", "4",
-                "--prompt-len", "8", "--turn-len", "8", "--traj-len", "16", "--max-turns", "2",
-                "--chunk-steps", "4"])
+    bench.main(
+        [
+            "--model-shape",
+            "tiny",
+            "--multi-turn",
+            "--batch",
+            "2",
+            "--num-requests",
+            "4",
+            "--prompt-len",
+            "8",
+            "--turn-len",
+            "8",
+            "--traj-len",
+            "16",
+            "--max-turns",
+            "2",
+            "--chunk-steps",
+            "4",
+        ]
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["refill"] for x in lines] == [True, False]
     for x in lines:

@@ -36,8 +36,15 @@ def test_single_turn_groups_equal_plain_sampling_with_and_without_refill(llama, 
 
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [3], [20, 21]]
     requests = expand_requests(prompts, 3, first_group=7)
-    config = RolloutConfig(num_slots=3, max_new_tokens=12, max_total_len=64, chunk_steps=5,
-                           sampling=TEMPERATURE_1_TOP_50, seed=11, pad_multiple=16)
+    config = RolloutConfig(
+        num_slots=3,
+        max_new_tokens=12,
+        max_total_len=64,
+        chunk_steps=5,
+        sampling=TEMPERATURE_1_TOP_50,
+        seed=11,
+        pad_multiple=16,
+    )
     engine = RolloutEngine(llama, config, eos_ids=[2, 9])
     reference = sampler_t1
     reference.set_stops(eos_ids=[2, 9])
@@ -54,11 +61,17 @@ def test_single_turn_groups_equal_plain_sampling_with_and_without_refill(llama, 
             n = len(ref.completion_ids[i])
             assert traj.prompt_lengths[i] == p and traj.lengths[i] == p + n
             assert traj.tokens[i, :p].tolist() == list(r.prompt_ids)
-            assert traj.tokens[i, p: p + n].tolist() == ref.completion_ids[i].tolist()
+            assert traj.tokens[i, p : p + n].tolist() == ref.completion_ids[i].tolist()
             assert traj.loss_mask[i].tolist() == [0] * p + [1] * n + [0] * (32 - p - n)
-            np.testing.assert_allclose(traj.sample_logprobs[i, p: p + n], ref.sample_logprobs[i], atol=1e-4)
+            np.testing.assert_allclose(
+                traj.sample_logprobs[i, p : p + n], ref.sample_logprobs[i], atol=1e-4
+            )
             assert traj.stop_reasons[i] == ref.stop_reasons[i]
-            assert traj.num_turns[i] == 1 and traj.turn_starts[i, 0] == p and traj.turn_ends[i, 0] == p + n
+            assert (
+                traj.num_turns[i] == 1
+                and traj.turn_starts[i, 0] == p
+                and traj.turn_ends[i, 0] == p + n
+            )
     # samples of one prompt differ (independent streams)
     assert len({tuple(runs[0].completion_ids(i).tolist()) for i in range(3)}) > 1
     batch = runs[0].to_batch()
@@ -84,22 +97,29 @@ def pieces_to_ids(tok, pieces):
 
 
 def messages_for(k):
-    return [{"role": "system", "content": "You can call add(a, b)."},
-            {"role": "user", "content": f"What is {k} + 2?"}]
+    return [
+        {"role": "system", "content": "You can call add(a, b)."},
+        {"role": "user", "content": f"What is {k} + 2?"},
+    ]
 
 
 def reference_prompt(tok, msgs):
-    return list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"])
+    return list(
+        tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
+    )
 
 
 def reference_observation(tok, msgs, turn_text, tool_output):
     """Ids that follow the assistant's tool-call turn, from transformers' Jinja template."""
     prefix = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + turn_text
     full = tok.apply_chat_template(
-        msgs + [{"role": "assistant", "content": turn_text}, {"role": "tool", "content": tool_output}],
-        add_generation_prompt=True, tokenize=False)
+        msgs
+        + [{"role": "assistant", "content": turn_text}, {"role": "tool", "content": tool_output}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     assert full.startswith(prefix)
-    return tok.encode(full[len(prefix):], add_special_tokens=False)
+    return tok.encode(full[len(prefix) :], add_special_tokens=False)
 
 
 def add_script(scripts, prefix, continuation):
@@ -128,12 +148,23 @@ def scripted_add_episode(tok, k, *, long_answer=0):
     """Expected ids of request k: prompt, turn 1 (tool call), observation, turn 2 (answer)."""
     msgs = messages_for(k)
     prompt = reference_prompt(tok, msgs)
-    turn1_pieces = ["<tool_call>", '\n{"name": "add", "argu', 'ments": {"a": ', str(k), ', "b": 2}}\n', "</tool_call>"]
+    turn1_pieces = [
+        "<tool_call>",
+        '\n{"name": "add", "argu',
+        'ments": {"a": ',
+        str(k),
+        ', "b": 2}}\n',
+        "</tool_call>",
+    ]
     turn1 = pieces_to_ids(tok, turn1_pieces)
     turn1_text = "".join(turn1_pieces)
-    assert tok.encode(tok.decode(turn1), add_special_tokens=False) != turn1  # non-canonical on purpose
+    assert (
+        tok.encode(tok.decode(turn1), add_special_tokens=False) != turn1
+    )  # non-canonical on purpose
     obs = reference_observation(tok, msgs, turn1_text, str(k + 2))
-    turn2 = pieces_to_ids(tok, ["The ans", "wer is ", str(k + 2), "." + " ok" * long_answer, "<|im_end|>"])
+    turn2 = pieces_to_ids(
+        tok, ["The ans", "wer is ", str(k + 2), "." + " ok" * long_answer, "<|im_end|>"]
+    )
     return msgs, prompt, turn1, obs, turn2
 
 
@@ -146,10 +177,19 @@ def test_scripted_multi_turn_stream_is_reproduced_exactly(qwen):
         add_script(scripts, prompt + turn1 + obs, turn2)
     policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
     executor = ToolExecutor([make_add_tool((0.0, 0.05))], timeout_s=5.0)
-    config = RolloutConfig(num_slots=2, max_new_tokens=48, max_total_len=256, max_turns=4,
-                           chunk_steps=5, sampling=GREEDY, observation_format="hermes", pad_multiple=8)
-    engine = RolloutEngine(policy, config, tokenizer=tok, executor=executor,
-                           init_cache=policy.init_cache)
+    config = RolloutConfig(
+        num_slots=2,
+        max_new_tokens=48,
+        max_total_len=256,
+        max_turns=4,
+        chunk_steps=5,
+        sampling=GREEDY,
+        observation_format="hermes",
+        pad_multiple=8,
+    )
+    engine = RolloutEngine(
+        policy, config, tokenizer=tok, executor=executor, init_cache=policy.init_cache
+    )
     requests = [RolloutRequest(messages=episodes[k][0], group_id=10 + k) for k in range(5)]
     traj = engine.run(requests)
 
@@ -173,7 +213,12 @@ def test_scripted_multi_turn_stream_is_reproduced_exactly(qwen):
         assert traj.num_tool_calls[k] == 1
         call = traj.tool_calls[k][0]
         assert (call["name"], call["arguments"], call["ok"], call["text"], call["turn"]) == (
-            "add", {"a": k, "b": 2}, True, str(k + 2), 0)
+            "add",
+            {"a": k, "b": 2},
+            True,
+            str(k + 2),
+            0,
+        )
         # the oracle is greedy-certain: sampler log-probs of policy tokens are ~0, masked are 0
         assert np.all(traj.sample_logprobs[k, :n][np.array(mask) == 1] > -1e-3)
         assert np.all(traj.sample_logprobs[k, :n][np.array(mask) == 0] == 0)
@@ -184,7 +229,9 @@ def test_max_turns_parse_errors_and_observation_truncation(qwen):
     msgs = messages_for(1)
     prompt = reference_prompt(tok, msgs)
     bad_call = pieces_to_ids(tok, ["<tool_call>", "\n{not json}\n", "</tool_call>"])
-    long_call = pieces_to_ids(tok, ["<tool_call>", '\n{"name": "echo", "arguments": {"n": 400}}\n', "</tool_call>"])
+    long_call = pieces_to_ids(
+        tok, ["<tool_call>", '\n{"name": "echo", "arguments": {"n": 400}}\n', "</tool_call>"]
+    )
 
     @function_tool
     def echo(n: int) -> str:
@@ -196,8 +243,16 @@ def test_max_turns_parse_errors_and_observation_truncation(qwen):
         return " word" * n
 
     # request 0: malformed call, then the long call, then (turn 3 = max_turns) another call
-    engine_cfg = RolloutConfig(num_slots=1, max_new_tokens=32, max_total_len=512, max_turns=3,
-                               max_obs_tokens=20, chunk_steps=8, sampling=GREEDY, pad_multiple=1)
+    engine_cfg = RolloutConfig(
+        num_slots=1,
+        max_new_tokens=32,
+        max_total_len=512,
+        max_turns=3,
+        max_obs_tokens=20,
+        chunk_steps=8,
+        sampling=GREEDY,
+        pad_multiple=1,
+    )
     # build the script by running the engine's own observation rendering? No: follow the
     # stream turn by turn with a permissive oracle that only scripts generated turns.
     scripts = {}
@@ -205,35 +260,44 @@ def test_max_turns_parse_errors_and_observation_truncation(qwen):
     policy_holder = {}
 
     def run(scripts):
-        policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=1024, default_token=tok.eos_token_id)
-        engine = RolloutEngine(policy, engine_cfg, tokenizer=tok,
-                               executor=ToolExecutor([echo], timeout_s=5.0), init_cache=policy.init_cache)
+        policy = OraclePolicy(
+            scripts, vocab_size=len(tok), max_len=1024, default_token=tok.eos_token_id
+        )
+        engine = RolloutEngine(
+            policy,
+            engine_cfg,
+            tokenizer=tok,
+            executor=ToolExecutor([echo], timeout_s=5.0),
+            init_cache=policy.init_cache,
+        )
         policy_holder["engine"] = engine
         return engine.run([RolloutRequest(messages=msgs)])
 
     # turn 1 only scripted: after the parse-error observation the oracle emits eos
     traj = run(scripts)
     n1 = traj.turn_ends[0, 0]
-    obs1 = traj.tokens[0, n1: traj.turn_starts[0, 1]].tolist()
+    obs1 = traj.tokens[0, n1 : traj.turn_starts[0, 1]].tolist()
     obs1_text = tok.decode(obs1)
     assert traj.tool_calls[0][0]["error_kind"] == "parse_error"
     assert "<tool_response>" in obs1_text and "Error" in obs1_text
-    assert traj.loss_mask[0, n1: n1 + len(obs1)].sum() == 0
+    assert traj.loss_mask[0, n1 : n1 + len(obs1)].sum() == 0
     # now script turn 2 (the long call) and turn 3 (a third call, refused by max_turns)
     add_script(scripts, prompt + bad_call + obs1, long_call)
     traj = run(scripts)
     start2, end2 = traj.turn_starts[0, 1], traj.turn_ends[0, 1]
     assert traj.tokens[0, start2:end2].tolist() == long_call
-    obs2 = traj.tokens[0, end2: traj.turn_starts[0, 2]].tolist()
+    obs2 = traj.tokens[0, end2 : traj.turn_starts[0, 2]].tolist()
     obs2_text = tok.decode(obs2)
     assert obs2_text.count(" word") <= 20 and engine_cfg.truncation_marker in obs2_text
     body = obs2_text.split("<tool_response>\n")[1].split("\n</tool_response>")[0]
-    assert len(tok.encode(body, add_special_tokens=False)) <= 20 + len(tok.encode(engine_cfg.truncation_marker))
+    assert len(tok.encode(body, add_special_tokens=False)) <= 20 + len(
+        tok.encode(engine_cfg.truncation_marker)
+    )
     add_script(scripts, prompt + bad_call + obs1 + long_call + obs2, long_call)
     traj = run(scripts)
     assert traj.num_turns[0] == 3 and traj.stop_reasons[0] == "max_turns"
     assert traj.num_tool_calls[0] == 2  # parse error + echo; the third call never ran
-    assert traj.tokens[0, traj.turn_starts[0, 2]: traj.lengths[0]].tolist() == long_call
+    assert traj.tokens[0, traj.turn_starts[0, 2] : traj.lengths[0]].tolist() == long_call
 
 
 def test_retool_interpreter_inline(qwen):
@@ -260,16 +324,30 @@ def test_retool_interpreter_inline(qwen):
         return "42\n"
 
     policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
-    config = RolloutConfig(num_slots=1, max_new_tokens=40, max_total_len=256, max_turns=3,
-                           observation_format="interpreter", tool_stop_strings=("</code>",),
-                           sampling=GREEDY, pad_multiple=1)
-    engine = RolloutEngine(policy, config, tokenizer=tok, executor=ToolExecutor([python]),
-                           extract_calls=code_extractor("python"), init_cache=policy.init_cache)
+    config = RolloutConfig(
+        num_slots=1,
+        max_new_tokens=40,
+        max_total_len=256,
+        max_turns=3,
+        observation_format="interpreter",
+        tool_stop_strings=("</code>",),
+        sampling=GREEDY,
+        pad_multiple=1,
+    )
+    engine = RolloutEngine(
+        policy,
+        config,
+        tokenizer=tok,
+        executor=ToolExecutor([python]),
+        extract_calls=code_extractor("python"),
+        init_cache=policy.init_cache,
+    )
     traj = engine.run([RolloutRequest(messages=msgs)])
     assert seen == ["print(6*7)"]
     assert traj.tokens[0, : traj.lengths[0]].tolist() == prompt + seg1 + expected_obs + seg2
     assert traj.loss_mask[0, : traj.lengths[0]].tolist() == (
-        [0] * len(prompt) + [1] * len(seg1) + [0] * len(expected_obs) + [1] * len(seg2))
+        [0] * len(prompt) + [1] * len(seg1) + [0] * len(expected_obs) + [1] * len(seg2)
+    )
     assert traj.stop_reasons[0] == "eos"
 
 
@@ -280,18 +358,32 @@ def test_refill_keeps_slots_busy_with_random_latency_tools(qwen):
     tok = qwen
     scripts, expected = {}, {}
     for k in range(12):
-        msgs, prompt, turn1, obs, turn2 = scripted_add_episode(tok, k, long_answer=150 if k % 4 == 0 else 0)
+        msgs, prompt, turn1, obs, turn2 = scripted_add_episode(
+            tok, k, long_answer=150 if k % 4 == 0 else 0
+        )
         add_script(scripts, prompt, turn1)
         add_script(scripts, prompt + turn1 + obs, turn2)
         expected[k] = (msgs, prompt + turn1 + obs + turn2)
     policy = OraclePolicy(scripts, vocab_size=len(tok), max_len=512, default_token=tok.eos_token_id)
     results = {}
     for refill in (True, False):
-        config = RolloutConfig(num_slots=4, max_new_tokens=160, max_total_len=256, max_turns=2,
-                               chunk_steps=8, sampling=GREEDY, refill=refill, pad_multiple=1)
-        engine = RolloutEngine(policy, config, tokenizer=tok,
-                               executor=ToolExecutor([make_add_tool((0.0, 0.2), seed=1)], max_workers=8),
-                               init_cache=policy.init_cache)
+        config = RolloutConfig(
+            num_slots=4,
+            max_new_tokens=160,
+            max_total_len=256,
+            max_turns=2,
+            chunk_steps=8,
+            sampling=GREEDY,
+            refill=refill,
+            pad_multiple=1,
+        )
+        engine = RolloutEngine(
+            policy,
+            config,
+            tokenizer=tok,
+            executor=ToolExecutor([make_add_tool((0.0, 0.2), seed=1)], max_workers=8),
+            init_cache=policy.init_cache,
+        )
         traj = engine.run([RolloutRequest(messages=expected[k][0], group_id=k) for k in range(12)])
         for k in range(12):
             assert traj.tokens[k, : traj.lengths[k]].tolist() == expected[k][1]

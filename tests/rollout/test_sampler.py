@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -41,7 +40,7 @@ def full_forward_greedy(model, prompt, n, *, eos=(), stop_seqs=()):
         out.append(tok)
         if tok in eos:
             return out, "eos"
-        if any(len(out) >= len(s) and out[-len(s):] == list(s) for s in stop_seqs):
+        if any(len(out) >= len(s) and out[-len(s) :] == list(s) for s in stop_seqs):
             return out, "stop_sequence"
     return out, "length"
 
@@ -56,7 +55,15 @@ def greedy(llama):
 
 
 def test_bucketing():
-    assert [bucket_length(n) for n in (1, 16, 17, 100, 512, 513, 1100)] == [16, 16, 32, 128, 512, 1024, 1536]
+    assert [bucket_length(n) for n in (1, 16, 17, 100, 512, 513, 1100)] == [
+        16,
+        16,
+        32,
+        128,
+        512,
+        1024,
+        1536,
+    ]
     assert [bucket_rows(n, 12) for n in (1, 2, 4, 5, 9, 12)] == [1, 4, 4, 12, 12, 12]
     assert [bucket_rows(n, 64) for n in (1, 3, 5, 17, 64)] == [1, 4, 16, 64, 64]
 
@@ -110,7 +117,10 @@ def test_eos_and_stop_sequences(llama, greedy):
         assert out.completion_ids[i].tolist() == exp
         assert out.stop_reasons[i] == exp_reason
         assert out.stop_which[i] == (1 if exp_reason == "stop_sequence" else -1)
-    assert out.stop_reasons[1] == "stop_sequence" and out.stop_reasons[3] in ("eos", "stop_sequence")
+    assert out.stop_reasons[1] == "stop_sequence" and out.stop_reasons[3] in (
+        "eos",
+        "stop_sequence",
+    )
 
 
 def test_max_total_length_stops_rows(greedy):
@@ -141,9 +151,17 @@ def test_compiles_once_per_bucket(llama):
 
         return counting
 
-    sampler = Sampler(llama, batch_size=4, cache_len=64, turn_len=8, sampling=SamplingConfig(temperature=0.7),
-                      jit_wrapper=wrapper)
-    for seed, prompts in enumerate([[[1, 2, 3]] * 4, [[4] * 9, [5] * 12, [6], [7, 8]], [[3] * 14] * 3]):
+    sampler = Sampler(
+        llama,
+        batch_size=4,
+        cache_len=64,
+        turn_len=8,
+        sampling=SamplingConfig(temperature=0.7),
+        jit_wrapper=wrapper,
+    )
+    for seed, prompts in enumerate(
+        [[[1, 2, 3]] * 4, [[4] * 9, [5] * 12, [6], [7, 8]], [[3] * 14] * 3]
+    ):
         sampler.generate(prompts, max_new_tokens=6, seed=seed)
     sampler.generate([[2] * 20], max_new_tokens=4)
     assert counts == {"_extend": 2, "_decode": 1}
@@ -158,15 +176,24 @@ def test_sampling_depends_on_seed_and_uid_not_on_slot(llama, sampler_t1):
     b = small.generate(prompts, max_new_tokens=10, seed=3)
     c = small.generate(prompts[::-1], max_new_tokens=10, seed=3, uids=[3, 2, 1, 0])
     d = big.generate(prompts, max_new_tokens=10, seed=4)
-    ids = lambda out: [x.tolist() for x in out.completion_ids]
+
+    def ids(out):
+        return [x.tolist() for x in out.completion_ids]
+
     assert ids(a) == ids(b) == ids(c)[::-1]
     assert ids(a) != ids(d)
     # the sampler's log-probs are the processed distribution's: recompute them from the model
     full_logits = reference_logits(llama)
     for prompt, toks, lps in zip(prompts, a.completion_ids, a.sample_logprobs):
         seq = list(prompt) + toks.tolist()
-        z = np.stack([full_logits(seq[:n]) for n in range(len(prompt), len(seq))]).astype(np.float64)
+        z = np.stack([full_logits(seq[:n]) for n in range(len(prompt), len(seq))]).astype(
+            np.float64
+        )
         kth = np.sort(z, -1)[:, -50][:, None]
         z = np.where(z >= kth, z, -np.inf)
-        logq = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+        logq = (
+            z
+            - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - z.max(-1, keepdims=True)
+        )
         np.testing.assert_allclose(lps, logq[np.arange(len(toks)), toks], atol=2e-4)

@@ -45,7 +45,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "T{temperature}-k{top_k}-p{top_p}".format(**c))
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: "T{temperature}-k{top_k}-p{top_p}".format(**c)
+)
 def test_sampled_frequencies_match_distribution(case):
     from scipy import stats
 
@@ -73,7 +75,9 @@ def test_chi_square_detects_a_wrong_distribution():
 
     n = 40000
     keys = jax.random.split(jax.random.PRNGKey(7), n)
-    tokens, _ = sample_from_logits(keys, np.tile(LOGITS.astype(np.float32), (n, 1)), SamplingConfig())
+    tokens, _ = sample_from_logits(
+        keys, np.tile(LOGITS.astype(np.float32), (n, 1)), SamplingConfig()
+    )
     counts = np.bincount(np.asarray(tokens), minlength=len(LOGITS))
     wrong = reference_distribution(LOGITS, 0.6, 0, 1.0)
     assert stats.chisquare(counts, n * wrong).pvalue < 1e-6
@@ -86,7 +90,9 @@ def test_greedy_is_argmax_and_reports_model_logprob():
     )
     np.testing.assert_array_equal(np.asarray(tokens), logits.argmax(-1))
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    np.testing.assert_allclose(np.asarray(logprobs), log_softmax[np.arange(5), logits.argmax(-1)], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(logprobs), log_softmax[np.arange(5), logits.argmax(-1)], atol=1e-5
+    )
 
 
 def test_top_p_keeps_at_least_the_most_likely_token():
@@ -95,7 +101,9 @@ def test_top_p_keeps_at_least_the_most_likely_token():
     np.testing.assert_allclose(q, [[1.0, 0.0, 0.0]], atol=1e-7)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-2)])
+@pytest.mark.parametrize(
+    "bad", [dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-2)]
+)
 def test_bad_sampling_config_raises(bad):
     with pytest.raises(ConfigError):
         SamplingConfig(**bad)

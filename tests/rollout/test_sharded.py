@@ -9,7 +9,7 @@ import pathlib
 import subprocess
 import sys
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from flax import nnx
@@ -21,7 +21,8 @@ from toolrl_jax.rollout.sampling import SamplingConfig
 
 prompts = [[5, 6, 7], list(range(10, 31)), [3], [40, 41, 42, 43, 44, 45, 46], [9, 8], [1, 2]]
 model = random_tiny_decoder("llama", seed=1)
-plain = Sampler(model, batch_size=4, cache_len=64, turn_len=10, sampling=SamplingConfig(temperature=0.0))
+greedy = SamplingConfig(temperature=0.0)
+plain = Sampler(model, batch_size=4, cache_len=64, turn_len=10, sampling=greedy)
 ref = plain.generate(prompts, max_new_tokens=10)
 
 mesh = make_mesh({"data": 2, "fsdp": 2, "tp": 2})
@@ -30,7 +31,7 @@ from toolrl_jax.models.sharding import param_shardings
 state = jax.device_put(state, param_shardings(state, model.config, mesh))
 sharded_model = nnx.merge(graphdef, state)
 sharded = Sampler(sharded_model, batch_size=4, cache_len=64, turn_len=10,
-                  sampling=SamplingConfig(temperature=0.0), mesh=mesh)
+                  sampling=greedy, mesh=mesh)
 out = sharded.generate(prompts, max_new_tokens=10)
 st = sharded.init_state(0)
 st = sharded.extend(st, [0, 1], [[1, 2, 3], [4, 5]], reset=True)
@@ -41,14 +42,22 @@ print(json.dumps({
     "k_shard_shape": list(st.cache.k.addressable_shards[0].data.shape),
     "devices": len(st.cache.k.sharding.device_set),
 }))
-'''
+"""
 
 
 def test_sampler_on_eight_device_mesh_matches_single_device():
     repo = pathlib.Path(__file__).resolve().parents[2]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", SCRIPT], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", SCRIPT],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(result["same"]), result

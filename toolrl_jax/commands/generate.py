@@ -20,18 +20,31 @@ from toolrl_jax.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="alias, HF model directory, .gguf file or hub id (default: smollm2-135m)")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="alias, HF model directory, .gguf file or hub id (default: smollm2-135m)",
+    )
     parser.add_argument("--prompt", required=True, help="the user message")
     parser.add_argument("--system", default=None, help="optional system message")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)"
+    )
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0 = off)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)")
+    parser.add_argument(
+        "--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="parameter and compute dtype (default float32)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="parameter and compute dtype (default float32)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the text"
+    )
 
 
 def generate_ids(model, tokenizer, prompt_ids, *, max_new_tokens, sampling, seed, eos_ids):
@@ -39,8 +52,14 @@ def generate_ids(model, tokenizer, prompt_ids, *, max_new_tokens, sampling, seed
     from toolrl_jax.rollout.sampler import Sampler, bucket_length
 
     cache_len = max(len(prompt_ids) + max_new_tokens, bucket_length(len(prompt_ids)))
-    sampler = Sampler(model, batch_size=1, cache_len=cache_len, turn_len=max_new_tokens,
-                      sampling=sampling, eos_ids=eos_ids)
+    sampler = Sampler(
+        model,
+        batch_size=1,
+        cache_len=cache_len,
+        turn_len=max_new_tokens,
+        sampling=sampling,
+        eos_ids=eos_ids,
+    )
     out = sampler.generate([prompt_ids], max_new_tokens=max_new_tokens, seed=seed)
     return [int(t) for t in out.completion_ids[0]], out.stop_reasons[0]
 
@@ -67,14 +86,28 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(extra, int) and extra not in eos_ids:
             eos_ids.append(extra)
     completion, reason = generate_ids(
-        loaded.model, tokenizer, prompt_ids, max_new_tokens=args.max_new_tokens,
-        sampling=sampling, seed=args.seed, eos_ids=eos_ids,
+        loaded.model,
+        tokenizer,
+        prompt_ids,
+        max_new_tokens=args.max_new_tokens,
+        sampling=sampling,
+        seed=args.seed,
+        eos_ids=eos_ids,
     )
     reply = completion[:-1] if completion and completion[-1] in eos_ids else completion
     text = tokenizer.decode(reply, skip_special_tokens=True)
     if args.json:
-        print(json.dumps({"prompt_ids": prompt_ids, "completion_ids": completion, "text": text,
-                          "stop_reason": reason}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "prompt_ids": prompt_ids,
+                    "completion_ids": completion,
+                    "text": text,
+                    "stop_reason": reason,
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
         print(text)
         if reason == "length":

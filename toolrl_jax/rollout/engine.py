@@ -96,8 +96,15 @@ class RolloutConfig:
     pad_multiple: int = 64
 
     def __post_init__(self):
-        for name in ("num_slots", "max_new_tokens", "max_total_len", "max_turns",
-                     "max_obs_tokens", "chunk_steps", "pad_multiple"):
+        for name in (
+            "num_slots",
+            "max_new_tokens",
+            "max_total_len",
+            "max_turns",
+            "max_obs_tokens",
+            "chunk_steps",
+            "pad_multiple",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_total_len < 2:
@@ -184,8 +191,9 @@ def tool_call_extractor(syntax: str = "auto") -> CallExtractor:
     return extract
 
 
-def code_extractor(tool_name: str = "python", open_tag: str = "<code>",
-                   close_tag: str = "</code>") -> CallExtractor:
+def code_extractor(
+    tool_name: str = "python", open_tag: str = "<code>", close_tag: str = "</code>"
+) -> CallExtractor:
     """ReTool: the last ``<code>...</code>`` block (``` fences stripped) -> one call
     ``tool_name(code=...)``."""
 
@@ -194,10 +202,10 @@ def code_extractor(tool_name: str = "python", open_tag: str = "<code>",
         start = text.rfind(open_tag, 0, end if end >= 0 else len(text))
         if start < 0 or end < 0:
             return [], f"no {open_tag}...{close_tag} block found"
-        code = text[start + len(open_tag): end].strip()
+        code = text[start + len(open_tag) : end].strip()
         if code.startswith("```"):
             first_newline = code.find("\n")
-            code = code[first_newline + 1:] if first_newline >= 0 else ""
+            code = code[first_newline + 1 :] if first_newline >= 0 else ""
             if code.rstrip().endswith("```"):
                 code = code.rstrip()[:-3]
         return [ParsedCall(tool_name, {"code": code.strip("\n").rstrip()})], ""
@@ -273,9 +281,15 @@ class RolloutEngine:
         self.multi_turn = config.max_turns > 1 and executor is not None
         if config.max_turns > 1 and executor is None:
             raise ConfigError("rollout.max_turns > 1 needs a ToolExecutor (executor=...)")
-        if self.multi_turn and tokenizer is None and (render_observation is None or decode_text is None):
-            raise ConfigError("multi-turn rollouts need the tokenizer (or render_observation and "
-                              "decode_text) to read calls and render tool results")
+        if (
+            self.multi_turn
+            and tokenizer is None
+            and (render_observation is None or decode_text is None)
+        ):
+            raise ConfigError(
+                "multi-turn rollouts need the tokenizer (or render_observation and "
+                "decode_text) to read calls and render tool results"
+            )
         self.extract_calls = extract_calls or tool_call_extractor(config.tool_call_syntax)
 
         if eos_ids is None:
@@ -288,7 +302,9 @@ class RolloutEngine:
 
             if self.multi_turn:
                 for s in config.tool_stop_strings:
-                    tool_seqs += [v for v in stop_sequence_variants(tokenizer, s) if v not in tool_seqs]
+                    tool_seqs += [
+                        v for v in stop_sequence_variants(tokenizer, s) if v not in tool_seqs
+                    ]
             for s in config.stop_strings:
                 end_seqs += [v for v in stop_sequence_variants(tokenizer, s) if v not in end_seqs]
         if not self.multi_turn:
@@ -339,9 +355,13 @@ class RolloutEngine:
             if self.multi_turn and self.render_observation is None:
                 from toolrl_jax.chat import Conversation
 
-                conv = Conversation(tokenizer=self.tokenizer, template=self.template,
-                                    ids=list(prompt), loss_mask=[0] * len(prompt),
-                                    open_turn="assistant")
+                conv = Conversation(
+                    tokenizer=self.tokenizer,
+                    template=self.template,
+                    ids=list(prompt),
+                    loss_mask=[0] * len(prompt),
+                    open_turn="assistant",
+                )
         else:
             raise ConfigError(f"request {uid}: give prompt_ids or messages")
         if not prompt:
@@ -363,14 +383,22 @@ class RolloutEngine:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) <= self.config.max_obs_tokens:
             return text
-        return self.tokenizer.decode(ids[: self.config.max_obs_tokens]) + self.config.truncation_marker
+        return (
+            self.tokenizer.decode(ids[: self.config.max_obs_tokens]) + self.config.truncation_marker
+        )
 
-    def _observation_ids(self, slot: _Slot, turn_ids: list[int], results: list[tuple[str, str]]) -> list[int]:
+    def _observation_ids(
+        self, slot: _Slot, turn_ids: list[int], results: list[tuple[str, str]]
+    ) -> list[int]:
         """Render ``results`` ((name, text) pairs) after the turn; returns the ids to append
         (closing tokens, the observation message, the next generation prompt)."""
         if self.render_observation is not None:
-            return [int(t) for t in self.render_observation(
-                list(turn_ids), [(n, self._truncate_result(t)) for n, t in results])]
+            return [
+                int(t)
+                for t in self.render_observation(
+                    list(turn_ids), [(n, self._truncate_result(t)) for n, t in results]
+                )
+            ]
         conv = slot.conversation
         fmt = self.config.observation_format
         conv.append_generated(turn_ids, end_of_turn=False)
@@ -390,8 +418,13 @@ class RolloutEngine:
         return list(conv.ids[start:])
 
     # ------------------------------------------------------------------ main loop
-    def run(self, requests: Sequence[RolloutRequest | Sequence[int]], *,
-            refill: bool | None = None, seed: int | None = None) -> Trajectory:
+    def run(
+        self,
+        requests: Sequence[RolloutRequest | Sequence[int]],
+        *,
+        refill: bool | None = None,
+        seed: int | None = None,
+    ) -> Trajectory:
         """Roll out every request; rows of the result are in request order (uid = index).
 
         ``Trajectory.stats`` holds: ``generated_tokens``, ``wall_s``, ``tokens_per_s``;
@@ -405,19 +438,30 @@ class RolloutEngine:
         cfg = self.config
         refill = cfg.refill if refill is None else bool(refill)
         seed = cfg.seed if seed is None else int(seed)
-        requests = [r if isinstance(r, RolloutRequest) else RolloutRequest(prompt_ids=list(r))
-                    for r in requests]
+        requests = [
+            r if isinstance(r, RolloutRequest) else RolloutRequest(prompt_ids=list(r))
+            for r in requests
+        ]
         for uid, r in enumerate(requests):  # fail before any work, not halfway through
             if r.prompt_ids is not None and len(r.prompt_ids) + 1 > cfg.max_total_len:
                 raise ConfigError(
                     f"request {uid}: prompt of {len(r.prompt_ids)} tokens leaves no room under "
-                    f"rollout.max_total_len={cfg.max_total_len}; raise it or shorten the prompt")
+                    f"rollout.max_total_len={cfg.max_total_len}; raise it or shorten the prompt"
+                )
         b = cfg.num_slots
         queue = deque(enumerate(requests))
         slots: list[_Slot | None] = [None] * b
         done: dict[int, TrajectoryRecord] = {}
-        stats = dict(decode_calls=0, decode_steps=0, active_row_steps=0, extend_calls=0,
-                     decode_s=0.0, extend_s=0.0, wait_s=0.0, busy_slot_s=0.0)
+        stats = dict(
+            decode_calls=0,
+            decode_steps=0,
+            active_row_steps=0,
+            extend_calls=0,
+            decode_s=0.0,
+            extend_s=0.0,
+            wait_s=0.0,
+            busy_slot_s=0.0,
+        )
         state = self.sampler.init_state(seed)
         t0 = time.perf_counter()
 
@@ -429,58 +473,79 @@ class RolloutEngine:
                 self.executor.finish(slot.record.uid)
             slots[i] = None
 
-        while queue or any(s is not None for s in slots):
-            pending_extends: list[tuple[int, list[int], bool, int]] = []  # slot, chunk, reset, uid
-            # (1) tool results that arrived -> observation chunks
-            for i, slot in enumerate(slots):
-                if slot is not None and slot.future is not None and slot.future.done():
-                    chunk = self._resume_after_tools(slot)
-                    if chunk is None:
-                        finish(i, "length")
-                    else:
-                        pending_extends.append((i, chunk, False, slot.record.uid))
-            # (2) admission of waiting requests into free slots
-            if queue and (refill or all(s is None for s in slots)):
-                for i in range(b):
-                    if slots[i] is None and queue:
-                        uid, request = queue.popleft()
-                        slots[i] = self._new_slot(uid, request)
-                        pending_extends.append((i, list(slots[i].record.ids), True, uid))
-            # (3) prefill the new tokens, grouped by length bucket
-            if pending_extends:
-                t = time.perf_counter()
-                state = self._extend(state, slots, pending_extends)
-                stats["extend_calls"] += 1
-                stats["extend_s"] += time.perf_counter() - t
-            # (4) decode a chunk for every decoding slot
-            if any(s is not None and s.decoding for s in slots):
-                t = time.perf_counter()
-                state, steps, busy = self.sampler.decode(state, cfg.chunk_steps)
-                active, reason, which, num = jax.device_get(
-                    (state.active, state.stop_reason, state.stop_which, state.num_tokens))
-                elapsed = time.perf_counter() - t
-                stats["decode_calls"] += 1
-                stats["decode_steps"] += int(steps)
-                stats["active_row_steps"] += int(busy)
-                stats["decode_s"] += elapsed
-                if int(steps):
-                    stats["busy_slot_s"] += elapsed * int(busy) / int(steps)
-                stopped = [i for i, s in enumerate(slots) if s is not None and s.decoding and not active[i]]
-                if stopped:
-                    tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
-                    for i in stopped:
-                        n = int(num[i])
-                        self._on_turn_end(i, slots, finish, tokens[i, :n].tolist(),
-                                          logprobs[i, :n].tolist(), int(reason[i]), int(which[i]))
-            elif not pending_extends:
-                # (5) nothing decodes: wait for the first tool result
-                futures = [s.future for s in slots if s is not None and s.future is not None]
-                if futures:
+        try:
+            while queue or any(s is not None for s in slots):
+                pending_extends: list[
+                    tuple[int, list[int], bool, int]
+                ] = []  # slot, chunk, reset, uid
+                # (1) tool results that arrived -> observation chunks
+                for i, slot in enumerate(slots):
+                    if slot is not None and slot.future is not None and slot.future.done():
+                        chunk = self._resume_after_tools(slot)
+                        if chunk is None:
+                            finish(i, "length")
+                        else:
+                            pending_extends.append((i, chunk, False, slot.record.uid))
+                # (2) admission of waiting requests into free slots
+                if queue and (refill or all(s is None for s in slots)):
+                    for i in range(b):
+                        if slots[i] is None and queue:
+                            uid, request = queue.popleft()
+                            slots[i] = self._new_slot(uid, request)
+                            pending_extends.append((i, list(slots[i].record.ids), True, uid))
+                # (3) prefill the new tokens, grouped by length bucket
+                if pending_extends:
                     t = time.perf_counter()
-                    concurrent.futures.wait(futures, timeout=1.0,
-                                            return_when=concurrent.futures.FIRST_COMPLETED)
-                    stats["wait_s"] += time.perf_counter() - t
+                    state = self._extend(state, slots, pending_extends)
+                    stats["extend_calls"] += 1
+                    stats["extend_s"] += time.perf_counter() - t
+                # (4) decode a chunk for every decoding slot
+                if any(s is not None and s.decoding for s in slots):
+                    t = time.perf_counter()
+                    state, steps, busy = self.sampler.decode(state, cfg.chunk_steps)
+                    active, reason, which, num = jax.device_get(
+                        (state.active, state.stop_reason, state.stop_which, state.num_tokens)
+                    )
+                    elapsed = time.perf_counter() - t
+                    stats["decode_calls"] += 1
+                    stats["decode_steps"] += int(steps)
+                    stats["active_row_steps"] += int(busy)
+                    stats["decode_s"] += elapsed
+                    if int(steps):
+                        stats["busy_slot_s"] += elapsed * int(busy) / int(steps)
+                    stopped = [
+                        i
+                        for i, s in enumerate(slots)
+                        if s is not None and s.decoding and not active[i]
+                    ]
+                    if stopped:
+                        tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
+                        for i in stopped:
+                            n = int(num[i])
+                            self._on_turn_end(
+                                i,
+                                slots,
+                                finish,
+                                tokens[i, :n].tolist(),
+                                logprobs[i, :n].tolist(),
+                                int(reason[i]),
+                                int(which[i]),
+                            )
+                elif not pending_extends:
+                    # (5) nothing decodes: wait for the first tool result
+                    futures = [s.future for s in slots if s is not None and s.future is not None]
+                    if futures:
+                        t = time.perf_counter()
+                        concurrent.futures.wait(
+                            futures, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
+                        )
+                        stats["wait_s"] += time.perf_counter() - t
 
+        finally:  # an error or interrupt mid-run must not leak per-trajectory tool state
+            if self.multi_turn:
+                for slot in slots:
+                    if slot is not None:
+                        self.executor.finish(slot.record.uid)
         wall = time.perf_counter() - t0
         records = [done[uid] for uid in sorted(done)]
         generated = int(sum(sum(r.loss_mask) for r in records))
@@ -489,21 +554,32 @@ class RolloutEngine:
             wall_s=wall,
             generated_tokens=generated,
             tokens_per_s=generated / wall if wall > 0 else 0.0,
-            slot_utilisation=(stats["active_row_steps"] / (b * stats["decode_steps"])
-                              if stats["decode_steps"] else 0.0),
+            slot_utilisation=(
+                stats["active_row_steps"] / (b * stats["decode_steps"])
+                if stats["decode_steps"]
+                else 0.0
+            ),
             slot_occupancy=stats["busy_slot_s"] / (b * wall) if wall > 0 else 0.0,
             decode_time_fraction=stats["decode_s"] / wall if wall > 0 else 0.0,
         )
         pad_id = 0
-        if self.tokenizer is not None and isinstance(getattr(self.tokenizer, "pad_token_id", None), int):
+        if self.tokenizer is not None and isinstance(
+            getattr(self.tokenizer, "pad_token_id", None), int
+        ):
             pad_id = self.tokenizer.pad_token_id
-        return Trajectory.from_records(records, pad_id=pad_id, pad_multiple=cfg.pad_multiple, stats=stats)
+        return Trajectory.from_records(
+            records, pad_id=pad_id, pad_multiple=cfg.pad_multiple, stats=stats
+        )
 
-    def _extend(self, state, slots: list[_Slot | None], pending: list[tuple[int, list[int], bool, int]]):
+    def _extend(
+        self, state, slots: list[_Slot | None], pending: list[tuple[int, list[int], bool, int]]
+    ):
         cfg = self.config
         groups: dict[int, list[tuple[int, list[int], bool, int]]] = {}
         for item in pending:
-            groups.setdefault(bucket_length(len(item[1]), minimum=self.sampler.min_bucket), []).append(item)
+            groups.setdefault(
+                bucket_length(len(item[1]), minimum=self.sampler.min_bucket), []
+            ).append(item)
         for _, items in sorted(groups.items()):
             state = self.sampler.extend(
                 state,
@@ -556,25 +632,47 @@ class RolloutEngine:
         try:
             results = slot.future.result()
         except Exception as e:  # noqa: BLE001 - an executor failure is an observation, not a crash
-            results = [_FailedResult(str(getattr(c, "name", "?")), f"Error: tool execution failed: {e}")
-                       for c in slot.calls]
+            results = [
+                _FailedResult(str(getattr(c, "name", "?")), f"Error: tool execution failed: {e}")
+                for c in slot.calls
+            ]
         slot.future = None
         pairs: list[tuple[str, str]] = []
         if slot.parse_error:
             text = f"Error: could not parse the tool call: {slot.parse_error}"
             pairs.append(("error", text))
-            slot.record.tool_calls.append(dict(turn=turn, name=None, arguments=None, ok=False,
-                                               text=text, error_kind=PARSE_ERROR, seconds=0.0))
+            slot.record.tool_calls.append(
+                dict(
+                    turn=turn,
+                    name=None,
+                    arguments=None,
+                    ok=False,
+                    text=text,
+                    error_kind=PARSE_ERROR,
+                    seconds=0.0,
+                )
+            )
         for call, res in zip(slot.calls, results):
             pairs.append((res.name, res.text))
-            slot.record.tool_calls.append(dict(
-                turn=turn, name=res.name, arguments=getattr(call, "arguments", None), ok=res.ok,
-                text=res.text, error_kind=res.error_kind, seconds=float(res.seconds)))
-        turn_ids = slot.record.ids[slot.record.turn_starts[-1]: slot.record.turn_ends[-1]]
+            slot.record.tool_calls.append(
+                dict(
+                    turn=turn,
+                    name=res.name,
+                    arguments=getattr(call, "arguments", None),
+                    ok=res.ok,
+                    text=res.text,
+                    error_kind=res.error_kind,
+                    seconds=float(res.seconds),
+                )
+            )
+        turn_ids = slot.record.ids[slot.record.turn_starts[-1] : slot.record.turn_ends[-1]]
         obs = self._observation_ids(slot, turn_ids, pairs)
         chunk = [slot.record.ids[-1]] + obs  # the pending token is not in the cache yet
         new_len = len(slot.record.ids) + len(obs)
-        fits_cache = slot.cached + bucket_length(len(chunk), minimum=self.sampler.min_bucket) <= cfg.cache_len
+        fits_cache = (
+            slot.cached + bucket_length(len(chunk), minimum=self.sampler.min_bucket)
+            <= cfg.cache_len
+        )
         if new_len + 1 > cfg.max_total_len or not fits_cache:
             return None
         slot.record.append_observation(obs)
@@ -596,6 +694,8 @@ def generation_stats_line(traj: Trajectory) -> str:
     s = traj.stats
     reasons, counts = np.unique(traj.stop_reasons, return_counts=True)
     why = ", ".join(f"{r}={c}" for r, c in zip(reasons, counts))
-    return (f"{len(traj)} trajectories, {s.get('generated_tokens', 0)} tokens in "
-            f"{s.get('wall_s', 0.0):.2f}s ({s.get('tokens_per_s', 0.0):.1f} tok/s), "
-            f"slot use {s.get('slot_utilisation', 0.0):.2f}; {why}")
+    return (
+        f"{len(traj)} trajectories, {s.get('generated_tokens', 0)} tokens in "
+        f"{s.get('wall_s', 0.0):.2f}s ({s.get('tokens_per_s', 0.0):.1f} tok/s), "
+        f"slot use {s.get('slot_utilisation', 0.0):.2f}; {why}"
+    )

@@ -81,8 +81,19 @@ def bucket_rows(n: int, batch_size: int) -> int:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=[
-        "cache", "cache_index", "pending", "active", "stop_reason", "stop_which", "tokens",
-        "logprobs", "num_tokens", "max_tokens", "max_total", "row_keys", "sample_count",
+        "cache",
+        "cache_index",
+        "pending",
+        "active",
+        "stop_reason",
+        "stop_which",
+        "tokens",
+        "logprobs",
+        "num_tokens",
+        "max_tokens",
+        "max_total",
+        "row_keys",
+        "sample_count",
         "base_key",
     ],
     meta_fields=[],
@@ -180,7 +191,9 @@ def _check_stops(
     reason = jnp.where(
         eos,
         stops_lib.EOS,
-        jnp.where(seq_hit, stops_lib.STOP_SEQUENCE, jnp.where(length, stops_lib.LENGTH, stops_lib.RUNNING)),
+        jnp.where(
+            seq_hit, stops_lib.STOP_SEQUENCE, jnp.where(length, stops_lib.LENGTH, stops_lib.RUNNING)
+        ),
     ).astype(jnp.int32)
     which = jnp.where(reason == stops_lib.STOP_SEQUENCE, which, -1).astype(jnp.int32)
     return reason, which
@@ -244,11 +257,14 @@ def extend_step(
     logits = model.logits(last_hidden)  # [R, V] float32
 
     row_keys = jnp.where(
-        reset[:, None], jax.vmap(jax.random.fold_in, (None, 0))(state.base_key, uids),
+        reset[:, None],
+        jax.vmap(jax.random.fold_in, (None, 0))(state.base_key, uids),
         state.row_keys[safe_rows],
     )
     counts = jnp.where(reset, 0, state.sample_count[safe_rows])
-    new_token, new_logprob = sample_from_logits(_row_sample_keys(row_keys, counts), logits, sampling)
+    new_token, new_logprob = sample_from_logits(
+        _row_sample_keys(row_keys, counts), logits, sampling
+    )
 
     cache_index = start + lengths
     buf = jnp.full((r, buf_len), -1, jnp.int32).at[:, 0].set(new_token)
@@ -310,8 +326,15 @@ def decode_step(
     lp_buf = state.logprobs.at[arange, write_at].set(new_logprob, mode="drop")
     num_tokens = state.num_tokens + step
     reason, which = _check_stops(
-        tokens_buf, num_tokens, new_token, cache_index + 1, state.max_tokens, state.max_total,
-        eos_ids, stop_seqs, stop_lens,
+        tokens_buf,
+        num_tokens,
+        new_token,
+        cache_index + 1,
+        state.max_tokens,
+        state.max_total,
+        eos_ids,
+        stop_seqs,
+        stop_lens,
     )
     return state.replace(
         cache=cache,
@@ -350,7 +373,11 @@ def decode_loop(
     def body(carry):
         step, busy, st = carry
         busy = busy + jnp.sum(st.active.astype(jnp.int32))
-        return step + 1, busy, decode_step(model, st, eos_ids, stop_seqs, stop_lens, sampling=sampling)
+        return (
+            step + 1,
+            busy,
+            decode_step(model, st, eos_ids, stop_seqs, stop_lens, sampling=sampling),
+        )
 
     steps, busy, state = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.int32(0), state))
     return state, steps, busy
@@ -440,23 +467,51 @@ class Sampler:
         wrap = jit_wrapper or (lambda f: f)
         graphdef = self.graphdef
 
-        def _extend(params, state, rows, tokens, lengths, reset, uids, max_tokens, max_total,
-                    eos_ids, stop_seqs, stop_lens):
+        def _extend(
+            params,
+            state,
+            rows,
+            tokens,
+            lengths,
+            reset,
+            uids,
+            max_tokens,
+            max_total,
+            eos_ids,
+            stop_seqs,
+            stop_lens,
+        ):
             model = nnx.merge(graphdef, params)
-            return extend_step(model, state, rows, tokens, lengths, reset, uids, max_tokens,
-                               max_total, eos_ids, stop_seqs, stop_lens, sampling=sampling)
+            return extend_step(
+                model,
+                state,
+                rows,
+                tokens,
+                lengths,
+                reset,
+                uids,
+                max_tokens,
+                max_total,
+                eos_ids,
+                stop_seqs,
+                stop_lens,
+                sampling=sampling,
+            )
 
         def _decode(params, state, num_steps, eos_ids, stop_seqs, stop_lens):
             model = nnx.merge(graphdef, params)
-            return decode_loop(model, state, num_steps, eos_ids, stop_seqs, stop_lens,
-                               sampling=sampling)
+            return decode_loop(
+                model, state, num_steps, eos_ids, stop_seqs, stop_lens, sampling=sampling
+            )
 
         self._extend_fn, self._decode_fn = wrap(_extend), wrap(_decode)
         self._extend = jax.jit(self._extend_fn, donate_argnums=(1,))
         self._decode = jax.jit(self._decode_fn, donate_argnums=(1,))
 
     # ------------------------------------------------------------------ params
-    def set_stops(self, eos_ids: Sequence[int] = (), stop_sequences: Sequence[Sequence[int]] = ()) -> None:
+    def set_stops(
+        self, eos_ids: Sequence[int] = (), stop_sequences: Sequence[Sequence[int]] = ()
+    ) -> None:
         """Replace the stop table (no recompilation while it fits the padded table shapes)."""
         self.stop_table = stops_lib.make_stop_table(eos_ids, stop_sequences)
         self._stop_arrays = self.stop_table.arrays()
@@ -492,8 +547,9 @@ class Sampler:
             self._state_shardings = self._shardings_of(state)
             out = (self._state_shardings,)
             self._extend = jax.jit(self._extend_fn, donate_argnums=(1,), out_shardings=out[0])
-            self._decode = jax.jit(self._decode_fn, donate_argnums=(1,),
-                                   out_shardings=(out[0], None, None))
+            self._decode = jax.jit(
+                self._decode_fn, donate_argnums=(1,), out_shardings=(out[0], None, None)
+            )
         return jax.device_put(state, self._state_shardings)
 
     def _shardings_of(self, state: DecodeState) -> DecodeState:
@@ -561,19 +617,29 @@ class Sampler:
             arr = np.broadcast_to(np.asarray(default if values is None else values, dtype), (n,))
             return np.concatenate([arr, np.full((pad,), default, dtype)])
 
-        rows_arr = np.concatenate([np.asarray(rows, np.int32), np.full((pad,), self.batch_size, np.int32)])
+        rows_arr = np.concatenate(
+            [np.asarray(rows, np.int32), np.full((pad,), self.batch_size, np.int32)]
+        )
         lengths = np.concatenate([lengths, np.zeros((pad,), np.int32)])
         return self._extend(
-            self.params, state, rows_arr, tok, lengths,
-            col(reset, False, bool), col(uids, 0, np.int32),
-            col(max_tokens, self.turn_len, np.int32), col(max_total, self.cache_len, np.int32),
+            self.params,
+            state,
+            rows_arr,
+            tok,
+            lengths,
+            col(reset, False, bool),
+            col(uids, 0, np.int32),
+            col(max_tokens, self.turn_len, np.int32),
+            col(max_total, self.cache_len, np.int32),
             *self._stop_arrays,
         )
 
     def decode(self, state: DecodeState, num_steps: int) -> tuple[DecodeState, int, int]:
         """Run up to ``num_steps`` decode steps (fewer when every slot stops). ``state`` is
         donated. Returns ``(state, steps_run, active_row_steps)`` (the ints block on the device)."""
-        state, steps, busy = self._decode(self.params, state, np.int32(num_steps), *self._stop_arrays)
+        state, steps, busy = self._decode(
+            self.params, state, np.int32(num_steps), *self._stop_arrays
+        )
         return state, steps, busy
 
     # ------------------------------------------------------------------ one-shot
@@ -599,19 +665,30 @@ class Sampler:
         budget = min(max_new_tokens, self.turn_len)
         state = self.init_state(seed)
         for lo in range(0, len(prompts), self.batch_size):
-            batch = [list(p) for p in prompts[lo: lo + self.batch_size]]
+            batch = [list(p) for p in prompts[lo : lo + self.batch_size]]
             longest = max(len(p) for p in batch)
             if longest + 1 > self.cache_len:
                 raise ConfigError(
                     f"prompt of {longest} tokens does not fit cache_len={self.cache_len}"
                 )
             state = self.extend(
-                state, list(range(len(batch))), batch, reset=True, uids=uids[lo: lo + len(batch)],
-                max_tokens=budget, max_total=self.cache_len,
+                state,
+                list(range(len(batch))),
+                batch,
+                reset=True,
+                uids=uids[lo : lo + len(batch)],
+                max_tokens=budget,
+                max_total=self.cache_len,
             )
             state, _, _ = self.decode(state, budget)
             num, toks, lps, why, wh = jax.device_get(
-                (state.num_tokens, state.tokens, state.logprobs, state.stop_reason, state.stop_which)
+                (
+                    state.num_tokens,
+                    state.tokens,
+                    state.logprobs,
+                    state.stop_reason,
+                    state.stop_which,
+                )
             )
             for i in range(len(batch)):
                 out_ids.append(np.asarray(toks[i, : num[i]], np.int32))

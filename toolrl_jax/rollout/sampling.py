@@ -4,7 +4,7 @@ The processed distribution a token is drawn from is, in this order (the order of
 logits warpers and of vLLM):
 
 1. temperature:  z = logits / T                                    (T > 0)
-2. top-k:        z_i = -inf unless z_i >= (k-th largest z)         (k > 0; ties at the k-th value kept)
+2. top-k:        z_i = -inf unless z_i >= (k-th largest z)   (k > 0; ties at the k-th value kept)
 3. top-p:        keep the smallest set of most likely tokens whose probability under
                  softmax(z) sums to >= p (the most likely token is always kept), -inf elsewhere
 4. q = softmax(z)                                                   renormalised over the kept set
@@ -48,7 +48,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not self.temperature >= 0:
-            raise ConfigError(f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise ConfigError(
+                f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if int(self.top_k) != self.top_k or self.top_k < 0:
@@ -84,7 +86,7 @@ def process_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
 
 
 def _top_p_mask(z: jax.Array, top_p: float) -> jax.Array:
-    """Mask ``z`` [..., V] outside the nucleus: sorted descending, keep i while cumsum before i < p."""
+    """Mask ``z [..., V]`` outside the nucleus: descending, keep i while mass before i < p."""
     sorted_desc = -jnp.sort(-z, axis=-1)
     probs = jax.nn.softmax(sorted_desc, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs

@@ -28,7 +28,12 @@ RUNNING = 0
 EOS = 1
 STOP_SEQUENCE = 2
 LENGTH = 3
-STOP_REASON_NAMES = {RUNNING: "running", EOS: "eos", STOP_SEQUENCE: "stop_sequence", LENGTH: "length"}
+STOP_REASON_NAMES = {
+    RUNNING: "running",
+    EOS: "eos",
+    STOP_SEQUENCE: "stop_sequence",
+    LENGTH: "length",
+}
 
 _PAD = -1  # wildcard in the stop table / empty eos slot
 
@@ -69,7 +74,9 @@ def make_stop_table(
     seqs = [[int(t) for t in s] for s in stop_sequences]
     for s in seqs:
         if not s:
-            raise ConfigError("stop sequence is empty: give at least one token id per stop sequence")
+            raise ConfigError(
+                "stop sequence is empty: give at least one token id per stop sequence"
+            )
     n_eos = _bucket(max(len(eos), 1), min_eos_slots)
     n_stop = _bucket(max(len(seqs), 1), min_stops)
     max_len = _bucket(max([len(s) for s in seqs] + [1]), min_stop_len)
@@ -78,7 +85,7 @@ def make_stop_table(
     table = np.full((n_stop, max_len), _PAD, np.int32)
     lens = np.zeros((n_stop,), np.int32)
     for i, s in enumerate(seqs):
-        table[i, max_len - len(s):] = s
+        table[i, max_len - len(s) :] = s
         lens[i] = len(s)
     return StopTable(eos_arr, table, lens)
 
@@ -107,14 +114,18 @@ def match_stop_sequences(
       stop_lens: ``[NS]`` true lengths (0 = unused row).
 
     Returns:
-      ``(matched [B] bool, which [B] int32)``; ``which`` is the first matching table row, -1 if none.
+      ``(matched [B] bool, which [B] int32)``; ``which``: first matching table row, -1 if none.
     """
     length = stop_seqs.shape[1]
     idx = num_tokens[:, None] - length + jnp.arange(length)[None, :]  # [B, L]
     window = jnp.take_along_axis(buffer, jnp.clip(idx, 0, buffer.shape[1] - 1), axis=1)
     window = jnp.where(idx >= 0, window, -2)  # before the turn: matches nothing but a wildcard
     eq = (stop_seqs[None, :, :] == _PAD) | (window[:, None, :] == stop_seqs[None, :, :])  # [B,NS,L]
-    hit = jnp.all(eq, axis=-1) & (stop_lens[None, :] > 0) & (num_tokens[:, None] >= stop_lens[None, :])
+    hit = (
+        jnp.all(eq, axis=-1)
+        & (stop_lens[None, :] > 0)
+        & (num_tokens[:, None] >= stop_lens[None, :])
+    )
     matched = jnp.any(hit, axis=-1)
     which = jnp.where(matched, jnp.argmax(hit, axis=-1), -1).astype(jnp.int32)
     return matched, which

@@ -55,8 +55,14 @@ class TrajectoryRecord:
     @classmethod
     def from_prompt(cls, uid: int, group_id: int, prompt_ids: Sequence[int]) -> "TrajectoryRecord":
         ids = [int(t) for t in prompt_ids]
-        return cls(uid=uid, group_id=group_id, ids=ids, loss_mask=[0] * len(ids),
-                   logprobs=[0.0] * len(ids), prompt_length=len(ids))
+        return cls(
+            uid=uid,
+            group_id=group_id,
+            ids=ids,
+            loss_mask=[0] * len(ids),
+            logprobs=[0.0] * len(ids),
+            prompt_length=len(ids),
+        )
 
     def append_generated(self, ids: Sequence[int], logprobs: Sequence[float]) -> None:
         self.turn_starts.append(len(self.ids))
@@ -150,21 +156,25 @@ class Trajectory:
             return np.pad(a, ((0, 0), (0, extra)), constant_values=value)
 
         return dataclasses.replace(
-            self, tokens=pad(self.tokens, pad_id), loss_mask=pad(self.loss_mask, 0),
+            self,
+            tokens=pad(self.tokens, pad_id),
+            loss_mask=pad(self.loss_mask, 0),
             sample_logprobs=pad(self.sample_logprobs, 0.0),
         )
 
     def completion_ids(self, i: int) -> np.ndarray:
         """Tokens after the prompt of row ``i`` (generated turns and observations)."""
-        return self.tokens[i, self.prompt_lengths[i]: self.lengths[i]]
+        return self.tokens[i, self.prompt_lengths[i] : self.lengths[i]]
 
     def turn_ids(self, i: int, turn: int) -> np.ndarray:
         """The ids generated in turn ``turn`` of row ``i``."""
-        return self.tokens[i, self.turn_starts[i, turn]: self.turn_ends[i, turn]]
+        return self.tokens[i, self.turn_starts[i, turn] : self.turn_ends[i, turn]]
 
     def completion_text(self, i: int, tokenizer: Any, *, skip_special_tokens: bool = False) -> str:
         """Decoded completion of row ``i`` (for rewards and logs; never fed back as ids)."""
-        return tokenizer.decode(self.completion_ids(i).tolist(), skip_special_tokens=skip_special_tokens)
+        return tokenizer.decode(
+            self.completion_ids(i).tolist(), skip_special_tokens=skip_special_tokens
+        )
 
     def to_batch(self) -> dict[str, np.ndarray]:
         """The arrays ``rl.train_step`` reads: tokens, positions, segment_ids, loss_mask,
