@@ -394,3 +394,29 @@ def test_refill_keeps_slots_busy_with_random_latency_tools(qwen):
     # waves: ~0.37 of the slot-steps are live; refill: > 0.5 even with rows idle during tool calls
     assert on["slot_utilisation"] > 1.25 * off["slot_utilisation"], (on, off)
     assert on["decode_steps"] < off["decode_steps"]
+
+
+def test_shared_prompt_prefill_equals_separate_prefills(llama):
+    """Samples of a prompt admitted together share one prefill (cache rows copied): same
+    trajectories as separate prefills, with fewer prefilled tokens."""
+    prompts = [list(range(30, 55)), [5, 6, 7, 8], [9]]
+    requests = expand_requests(prompts, 3)
+    runs = {}
+    for share in (True, False):
+        config = RolloutConfig(
+            num_slots=8,
+            max_new_tokens=10,
+            max_total_len=64,
+            sampling=SamplingConfig(temperature=1.0),
+            seed=3,
+            pad_multiple=1,
+            share_prompt_prefill=share,
+        )
+        runs[share] = RolloutEngine(llama, config, eos_ids=[2]).run(requests)
+    shared, separate = runs[True], runs[False]
+    np.testing.assert_array_equal(shared.tokens, separate.tokens)
+    np.testing.assert_allclose(shared.sample_logprobs, separate.sample_logprobs, atol=1e-4)
+    # 9 requests, 8 slots: the first 8 are admitted together; prompt 0 (25 tokens) and prompt 1
+    # (4 tokens) are prefilled once plus one last token per sample; [9] cannot be split
+    assert separate.stats["prefill_tokens"] == 3 * 25 + 3 * 4 + 3 * 1
+    assert shared.stats["prefill_tokens"] == (24 + 3) + (3 + 3) + 3 * 1

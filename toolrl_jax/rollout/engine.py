@@ -76,6 +76,9 @@ class RolloutConfig:
       truncation_marker: appended to a cut tool result.
       obs_overhead_tokens: room for the template tokens around results (sizes the KV cache).
       pad_multiple: the output ``Trajectory`` is right-padded to a multiple of this.
+      share_prompt_prefill: samples of one prompt admitted together share one prefill (the
+        cache rows are copied); their tokens are the same as with separate prefills up to
+        float rounding.
     """
 
     num_slots: int = 16
@@ -94,6 +97,7 @@ class RolloutConfig:
     truncation_marker: str = " ...[truncated]"
     obs_overhead_tokens: int = 64
     pad_multiple: int = 64
+    share_prompt_prefill: bool = True
 
     def __post_init__(self):
         for name in (
@@ -431,7 +435,8 @@ class RolloutEngine:
         ``slot_utilisation`` = active slot-steps / (num_slots x decode steps) (decode compute
         spent on live rows); ``slot_occupancy`` = time-average fraction of slots decoding
         (0 while every slot waits for tools); ``decode_time_fraction``; counts of decode /
-        extend calls, decode steps, tool turns; seconds in decode, extend and waiting.
+        extend calls, decode steps, prefilled tokens, tool turns; seconds in decode, extend and
+        waiting.
         ``refill`` and ``seed`` override the config for this call (compiled programs are shared;
         e.g. a trainer passes a new seed every step).
         """
@@ -457,6 +462,7 @@ class RolloutEngine:
             decode_steps=0,
             active_row_steps=0,
             extend_calls=0,
+            prefill_tokens=0,
             decode_s=0.0,
             extend_s=0.0,
             wait_s=0.0,
@@ -485,7 +491,7 @@ class RolloutEngine:
                         if chunk is None:
                             finish(i, "length")
                         else:
-                            pending_extends.append((i, chunk, False, slot.record.uid))
+                            pending_extends.append((i, chunk, False, -1))
                 # (2) admission of waiting requests into free slots
                 if queue and (refill or all(s is None for s in slots)):
                     for i in range(b):
@@ -496,7 +502,7 @@ class RolloutEngine:
                 # (3) prefill the new tokens, grouped by length bucket
                 if pending_extends:
                     t = time.perf_counter()
-                    state = self._extend(state, slots, pending_extends)
+                    state = self._extend(state, slots, pending_extends, stats)
                     stats["extend_calls"] += 1
                     stats["extend_s"] += time.perf_counter() - t
                 # (4) decode a chunk for every decoding slot
@@ -572,29 +578,71 @@ class RolloutEngine:
         )
 
     def _extend(
-        self, state, slots: list[_Slot | None], pending: list[tuple[int, list[int], bool, int]]
+        self,
+        state,
+        slots: list[_Slot | None],
+        pending: list[tuple[int, list[int], bool, int]],
+        stats: dict[str, Any],
     ):
+        """Prefill the pending chunks ``(slot, ids, reset, uid)`` (uid -1: continue the stream).
+
+        With ``share_prompt_prefill``, fresh prompts admitted together with identical ids (the
+        samples of one GRPO group) are prefilled once: the group's first slot gets the prompt
+        minus its last token, its cache is copied to the other slots, and every slot is then
+        extended by the last token alone, which samples its first token from its own stream.
+        """
         cfg = self.config
-        groups: dict[int, list[tuple[int, list[int], bool, int]]] = {}
-        for item in pending:
-            groups.setdefault(
-                bucket_length(len(item[1]), minimum=self.sampler.min_bucket), []
-            ).append(item)
-        for _, items in sorted(groups.items()):
-            state = self.sampler.extend(
-                state,
-                [i for i, *_ in items],
-                [chunk for _, chunk, _, _ in items],
-                reset=[reset for _, _, reset, _ in items],
-                uids=[uid for *_, uid in items],
-                max_tokens=cfg.max_new_tokens,
-                max_total=cfg.max_total_len,
-            )
+        first_pass: list[tuple[int, list[int], bool, int]] = []
+        last_tokens: list[tuple[int, list[int], bool, int]] = []
+        copies: list[tuple[int, int]] = []
+        if cfg.share_prompt_prefill:
+            groups: dict[tuple[int, ...], list[tuple[int, list[int], bool, int]]] = {}
+            for item in pending:
+                if item[2] and len(item[1]) >= 2:
+                    groups.setdefault(tuple(item[1]), []).append(item)
+            shared = {key for key, items in groups.items() if len(items) > 1}
+            for item in pending:
+                if not (item[2] and tuple(item[1]) in shared):
+                    first_pass.append(item)
+            for key in shared:
+                members = groups[key]
+                src = members[0][0]
+                first_pass.append((src, list(key[:-1]), True, -1))
+                copies += [(src, m[0]) for m in members[1:]]
+                last_tokens += [(m[0], [key[-1]], False, m[3]) for m in members]
+        else:
+            first_pass = list(pending)
+        state = self._extend_by_bucket(state, first_pass)
+        if copies:
+            state = self.sampler.copy_rows(state, [s for s, _ in copies], [d for _, d in copies])
+        state = self._extend_by_bucket(state, last_tokens)
+        stats["prefill_tokens"] += sum(len(c) for _, c, _, _ in first_pass + last_tokens)
         for i, chunk, _, _ in pending:
             slot = slots[i]
             slot.cached += len(chunk)
             slot.decoding = True
             slot.future = None
+        return state
+
+    def _extend_by_bucket(self, state, items: list[tuple[int, list[int], bool, int]]):
+        """One ``Sampler.extend`` per length bucket."""
+        cfg = self.config
+        groups: dict[int, list[tuple[int, list[int], bool, int]]] = {}
+        for item in items:
+            groups.setdefault(
+                bucket_length(len(item[1]), minimum=self.sampler.min_bucket), []
+            ).append(item)
+        for _, group in sorted(groups.items()):
+            state = self.sampler.extend(
+                state,
+                [i for i, *_ in group],
+                [chunk for _, chunk, _, _ in group],
+                reset=[reset for _, _, reset, _ in group],
+                uids=[uid for *_, uid in group],
+                max_tokens=cfg.max_new_tokens,
+                max_total=cfg.max_total_len,
+            )
+        return state
         return state
 
     def _on_turn_end(self, i, slots, finish, turn_ids, turn_logprobs, reason, which) -> None:

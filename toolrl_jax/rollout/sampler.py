@@ -228,9 +228,9 @@ def extend_step(
       rows: ``[R]`` slot indices; ``>= B`` marks a padding row (ignored).
       tokens: ``[R, T]`` new token ids, right-padded.
       lengths: ``[R]`` number of valid new tokens (>= 1 for real rows).
-      reset: ``[R]`` bool, start a fresh sequence in the slot (clears its cache, ``cache_index=0``,
-        new PRNG stream ``fold_in(base_key, uid)``).
-      uids: ``[R]`` trajectory ids (used when ``reset``).
+      reset: ``[R]`` bool, start a fresh sequence in the slot (clears its cache, ``cache_index=0``).
+      uids: ``[R]`` int32; ``uid >= 0`` starts the row's PRNG stream ``fold_in(base_key, uid)``
+        (a new trajectory), ``-1`` continues the row's stream.
       max_tokens: ``[R]`` budget of the new turn (clipped to the buffer size ``G``).
       max_total: ``[R]`` limit on the row's total sequence length.
       eos_ids, stop_seqs, stop_lens: the stop table (:mod:`toolrl_jax.rollout.stops`).
@@ -256,12 +256,13 @@ def extend_step(
     last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [R, D]
     logits = model.logits(last_hidden)  # [R, V] float32
 
+    new_stream = uids >= 0
     row_keys = jnp.where(
-        reset[:, None],
-        jax.vmap(jax.random.fold_in, (None, 0))(state.base_key, uids),
+        new_stream[:, None],
+        jax.vmap(jax.random.fold_in, (None, 0))(state.base_key, jnp.maximum(uids, 0)),
         state.row_keys[safe_rows],
     )
-    counts = jnp.where(reset, 0, state.sample_count[safe_rows])
+    counts = jnp.where(new_stream, 0, state.sample_count[safe_rows])
     new_token, new_logprob = sample_from_logits(
         _row_sample_keys(row_keys, counts), logits, sampling
     )
@@ -292,6 +293,20 @@ def extend_step(
         max_total=put(state.max_total, max_total),
         row_keys=put(state.row_keys, row_keys),
         sample_count=put(state.sample_count, counts + 1),
+    )
+
+
+def copy_rows_step(state: DecodeState, src: jax.Array, dst: jax.Array) -> DecodeState:
+    """Copy the cached sequence (k, v, pos, cache_index) of slots ``src [R]`` into ``dst [R]``
+    (``dst >= B``: padding, ignored). Used to share one prefill among the samples of a prompt;
+    the copies are then extended with their own last token and PRNG stream."""
+    batch = state.batch_size
+    src = jnp.clip(src, 0, batch - 1)
+    sub = cache_take_rows(state.cache, src)
+    return state.replace(
+        cache=cache_put_rows(state.cache, dst, sub),
+        cache_index=state.cache_index.at[dst].set(state.cache_index[src], mode="drop"),
+        active=state.active.at[dst].set(False, mode="drop"),
     )
 
 
@@ -507,6 +522,7 @@ class Sampler:
         self._extend_fn, self._decode_fn = wrap(_extend), wrap(_decode)
         self._extend = jax.jit(self._extend_fn, donate_argnums=(1,))
         self._decode = jax.jit(self._decode_fn, donate_argnums=(1,))
+        self._copy_rows = jax.jit(copy_rows_step, donate_argnums=(0,))
 
     # ------------------------------------------------------------------ params
     def set_stops(
@@ -550,6 +566,7 @@ class Sampler:
             self._decode = jax.jit(
                 self._decode_fn, donate_argnums=(1,), out_shardings=(out[0], None, None)
             )
+            self._copy_rows = jax.jit(copy_rows_step, donate_argnums=(0,), out_shardings=out[0])
         return jax.device_put(state, self._state_shardings)
 
     def _shardings_of(self, state: DecodeState) -> DecodeState:
@@ -628,10 +645,24 @@ class Sampler:
             tok,
             lengths,
             col(reset, False, bool),
-            col(uids, 0, np.int32),
+            col(uids, -1, np.int32),
             col(max_tokens, self.turn_len, np.int32),
             col(max_total, self.cache_len, np.int32),
             *self._stop_arrays,
+        )
+
+    def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> DecodeState:
+        """Copy slots ``src[i] -> dst[i]`` (cache and length; ``state`` is donated). The copies
+        are inactive until an ``extend`` gives them a token to continue from."""
+        n = len(src)
+        if n == 0:
+            return state
+        r = bucket_rows(n, self.batch_size)
+        pad = np.full((r - n,), self.batch_size, np.int32)
+        return self._copy_rows(
+            state,
+            np.concatenate([np.asarray(src, np.int32), np.zeros((r - n,), np.int32)]),
+            np.concatenate([np.asarray(dst, np.int32), pad]),
         )
 
     def decode(self, state: DecodeState, num_steps: int) -> tuple[DecodeState, int, int]:
