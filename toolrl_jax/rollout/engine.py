@@ -281,7 +281,12 @@ class RolloutEngine:
         if tokenizer is not None and template is None:
             from toolrl_jax.chat import detect_template
 
-            self.template = detect_template(tokenizer)
+            try:
+                self.template = detect_template(tokenizer)
+            except ConfigError:
+                if config.max_turns > 1 and render_observation is None:
+                    raise  # rendering tool results needs the chat format
+                self.template = None  # single-turn on prompt ids: no chat format needed
         self.multi_turn = config.max_turns > 1 and executor is not None
         if config.max_turns > 1 and executor is None:
             raise ConfigError("rollout.max_turns > 1 needs a ToolExecutor (executor=...)")
@@ -346,8 +351,11 @@ class RolloutEngine:
     def _new_slot(self, uid: int, request: RolloutRequest) -> _Slot:
         conv = None
         if request.messages is not None:
-            if self.tokenizer is None:
-                raise ConfigError("RolloutRequest.messages needs the engine's tokenizer")
+            if self.tokenizer is None or self.template is None:
+                raise ConfigError(
+                    "RolloutRequest.messages needs the engine's tokenizer with a chat template; "
+                    "pass prompt_ids instead"
+                )
             from toolrl_jax.chat import Conversation
 
             conv = Conversation.from_messages(
