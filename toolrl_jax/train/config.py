@@ -36,6 +36,8 @@ class DataSection:
     seed: int = 0
     max_prompt_tokens: int = 1024  # longer prompts are skipped and counted
     prompt_style: Literal["toolrl", "compact"] = "toolrl"  # system prompt of generated tasks
+    min_tools: int = 2  # generated tasks: tools listed per prompt (needed ones + distractors)
+    max_tools: int = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -48,7 +48,8 @@ def load_tasks(cfg: TrainConfig) -> tuple[list, list, dict]:
         from toolrl_jax.data.generated import train_heldout_split
 
         train, held = train_heldout_split(d.num_train, d.num_eval, seed=d.seed,
-                                          prompt_style=d.prompt_style)
+                                          prompt_style=d.prompt_style, min_tools=d.min_tools,
+                                          max_tools=d.max_tools)
         return list(train), list(held), {"source": "generated", "train": len(train),
                                           "heldout": len(held), "skipped": 0}
     if d.path is None:
@@ -142,6 +143,11 @@ class Trainer:
         log(f"data: {json.dumps(summary)}")
 
         self._reward_config = self._make_reward_config()
+        r = cfg.rollout
+        turns = r.max_turns if r.mode == "multi_turn" else 1
+        obs = r.max_observation_tokens if r.mode == "multi_turn" else 0
+        self._train_len = _bucket(max(len(p) for p in self.train_prompts)
+                                  + turns * r.max_new_tokens + (turns - 1) * obs)
         self._learner = None
         self._engines: dict[str, Any] = {}
 
@@ -316,6 +322,7 @@ class Trainer:
                 examples.append((ids, mask))
         if not examples:
             raise DataError(f"no SFT example fits sft.max_tokens={s.max_tokens}")
+        length = _bucket(max(len(e[0]) for e in examples))  # one shape: one compile
         graphdef, params = split_model(self.model)
         learner = SFTLearner(graphdef, self._optim_config(s.lr, s.steps))
         state = learner.init_state(params, seed=self.cfg.train.seed)
@@ -327,8 +334,11 @@ class Trainer:
         for step in bar:
             idx = rng.choice(len(examples), size=min(s.batch_size, len(examples)), replace=False)
             chosen = [examples[i] for i in idx]
-            batch = pad_examples(chosen, _bucket(max(len(e[0]) for e in chosen)), self.pad_id)
+            batch = pad_examples(chosen, length, self.pad_id)
             state, metrics = learner.step(state, batch)
+            if getattr(self, "_ckpt", None) is not None and self._ckpt.preemption_requested(step):
+                self.log("SIGTERM during SFT: stopping (the SFT warm start is not checkpointed)")
+                raise SystemExit(143)
             last = {k: float(v) for k, v in jax.device_get(metrics).items()}
             bar.set_postfix(loss=f"{last['sft_loss']:.3f}")
             self.metrics.log(step + 1, last, kind="sft")
@@ -353,7 +363,7 @@ class Trainer:
         batch["advantages"] = adv.astype(np.float32)
         batch["loss_mask"] = batch["loss_mask"].astype(np.float32)
         batch = {k: np.asarray(v) for k, v in batch.items()}
-        t = _bucket(batch["tokens"].shape[1])
+        t = max(self._train_len, _bucket(batch["tokens"].shape[1]))  # fixed T: one compile
         if t != batch["tokens"].shape[1]:
             pad = t - batch["tokens"].shape[1]
             for k, v in batch.items():
@@ -387,9 +397,17 @@ class Trainer:
 
         cfg = self.cfg
         r, a = cfg.rollout, cfg.algo
+        ckpt_dir = self.run_dir / "checkpoints"
+        if not cfg.train.resume and ckpt_dir.exists():
+            import shutil
+
+            self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old metrics")
+            shutil.rmtree(ckpt_dir)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.metrics = MetricsLogger(self.run_dir)
-        ckpt = Checkpointer(self.run_dir / "checkpoints", save_every=cfg.train.checkpoint_every,
+        ckpt = Checkpointer(ckpt_dir, save_every=cfg.train.checkpoint_every,
                             keep=cfg.train.keep_checkpoints)
+        self._ckpt = ckpt
         summary: dict[str, Any] = {}
         try:
             _, params = split_model(self.model)
