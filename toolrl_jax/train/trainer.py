@@ -293,6 +293,8 @@ class Trainer:
             "n": len(tasks),
             "seconds": time.perf_counter() - t0,
         }
+        if texts:
+            self.log(f"held-out example {tasks[0].id!r} (step {step}): {texts[0][:400]!r}")
         with open(self.run_dir / f"eval_samples_step{step}.jsonl", "w") as f:
             for t, c, s in zip(tasks, texts, scores["total"]):
                 f.write(json.dumps({"id": t.id, "completion": c, "reward": float(s)}) + "\n")
