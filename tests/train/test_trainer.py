@@ -79,3 +79,26 @@ def test_train_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
 def test_bad_config_key_is_named():
     with pytest.raises(ConfigError, match=r"rollout\.max_new_tokenz.*max_new_tokens"):
         load_config(TrainConfig, None, ["rollout.max_new_tokenz=3"])
+
+
+def test_multi_turn_mode_runs_tools(tiny_model_dir, tmp_path):
+    """Multi-turn mode: the engine gets the executor of the generated tools; a call the policy
+    writes is executed and its result appended (the scripted check is in tests/rollout)."""
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = load_config(TrainConfig, None, [
+        f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "train.steps=1",
+        "train.plot=false", "data.num_train=4", "data.num_eval=1", "data.prompt_style=compact",
+        "rollout.mode=multi_turn", "rollout.max_turns=2", "rollout.max_observation_tokens=32",
+        "rollout.prompts_per_step=1", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
+        "algo.ppo_minibatches=1", "algo.micro_batch_size=2",
+    ])
+    trainer = Trainer(cfg)
+    engine = trainer.engine("train")
+    assert engine.multi_turn
+    from toolrl_jax.tools.executor import ToolCall
+
+    [result] = engine.executor.run(0, [ToolCall("get_capital", {"country": "France"})])
+    assert result.ok and "Paris" in result.text
+    summary = trainer.train()
+    assert "after" in summary

@@ -241,7 +241,7 @@ class Trainer:
                 from toolrl_jax.data.generated import GENERATED_TOOLS
                 from toolrl_jax.tools.executor import ToolExecutor
 
-                executor = ToolExecutor(list(GENERATED_TOOLS))
+                executor = ToolExecutor(list(GENERATED_TOOLS.values()))
             self._engines[kind] = RolloutEngine(self.model, rc, tokenizer=self.tokenizer,
                                                 template=self.template, executor=executor)
         return self._engines[kind]
