@@ -1,8 +1,8 @@
 """`toolrl-jax sft --config configs/X.yaml [key=value ...]`: supervised warm start only.
 
-Runs the ``sft`` section of a training config (assistant tokens only) and writes a checkpoint
-in ``train.out_dir/checkpoints`` that ``toolrl-jax train`` with the same ``train.out_dir``
-resumes from, plus an HF export in ``train.out_dir/sft_model``.
+Runs the ``sft`` section of a training config (assistant tokens only), evaluates on the
+held-out tasks and exports the result as an HF directory ``train.out_dir/sft_model``, which
+feeds GRPO: ``toolrl-jax train --config X.yaml model.name=RUN_DIR/sft_model sft.steps=0``.
 """
 
 from __future__ import annotations

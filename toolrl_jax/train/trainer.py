@@ -455,6 +455,12 @@ class Trainer:
                 groups = [g for g in range(n_prompts) for _ in range(r.samples_per_prompt)]
                 traj = self._rollout("train", prompts, groups, seed=cfg.train.seed * 1_000_003 + step)
                 times["time_rollout"] = time.perf_counter() - t0
+                st = getattr(traj, "stats", {}) or {}
+                for src, dst in (("decode_s", "time_rollout_decode"), ("extend_s", "time_rollout_prefill"),
+                                 ("wait_s", "time_tools_wait"), ("slot_utilisation", "rollout_slot_utilisation"),
+                                 ("tokens_per_s", "rollout_tokens_per_s")):
+                    if isinstance(st.get(src), (int, float)):
+                        times[dst] = float(st[src])
                 t1 = time.perf_counter()
                 texts = self._texts(traj)
                 gts = [self.train_tasks[i].ground_truth for i in idx for _ in range(r.samples_per_prompt)]
