@@ -164,3 +164,32 @@ def test_training_tasks_reject_single_turn_category():
 
     with pytest.raises(DataError, match="not multi-turn"):
         bfcl_training_tasks("simple_python")
+
+
+def test_long_context_entry_loads_long_scenario(bfcl_reference):
+    execute, state_checker, model_name = bfcl_reference
+    env = BFCLEnvironment()
+    task = load_bfcl("multi_turn_long_context", limit=1)[0]
+    meta = task.meta
+    state = env.reset("lc", task)
+    strings = meta["turn_ground_truth"][0]
+    ours = []
+    for s in strings:
+        call = parse_call_string(s, meta["functions"])
+        ours.append(execute_bfcl_call(state, call["name"], call["arguments"]))
+    ref, ref_instances = execute(list(strings), meta["initial_config"], meta["involved_classes"],
+                                 model_name + "_lc", meta["bfcl_id"], long_context=True, is_evaL_run=False)
+    assert ours == ref
+    assert state_checker(state.instances, ref_instances) == {"valid": True}
+
+
+def test_for_tasks_keeps_only_involved_classes(base_tasks):
+    from toolrl_jax.errors import DataError
+
+    env = BFCLEnvironment.for_tasks([base_tasks[50]])  # VehicleControlAPI only
+    assert {t.class_name for t in env.tools} == {"VehicleControlAPI"}
+    assert len(env.tools) == len(base_tasks[50].meta["functions"])
+    with pytest.raises(DataError, match="not in this environment"):
+        env.reset("x", base_tasks[0])
+    with pytest.raises(DataError, match="unknown BFCL class"):
+        BFCLEnvironment(["NoSuchAPI"])
