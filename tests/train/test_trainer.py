@@ -102,3 +102,35 @@ def test_multi_turn_mode_runs_tools(tiny_model_dir, tmp_path):
     assert result.ok and "Paris" in result.text
     summary = trainer.train()
     assert "after" in summary
+
+
+def test_bfcl_multi_turn_source_executes_bfcl_backends(tiny_model_dir, tmp_path):
+    """data.source=bfcl_multi_turn: tasks from BFCL's multi_turn_base, the engine's executor
+    runs calls on per-trajectory BFCL backends."""
+    from toolrl_jax.tools.executor import ToolCall
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = load_config(TrainConfig, None, [
+        f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "data.source=bfcl_multi_turn",
+        "data.path=multi_turn_base", "data.num_eval=2", "data.max_prompt_tokens=100000",
+        "rollout.mode=multi_turn", "rollout.max_turns=2",
+    ])
+    trainer = Trainer(cfg)
+    task = trainer.train_tasks[0]
+    assert "<tool_call>" in task.ground_truth
+    executor = trainer.engine("train").executor
+    executor.start("t0", task)
+    first = task.ground_truth_calls[0]
+    good, bad = executor.run("t0", [ToolCall(first["name"], first["arguments"]),
+                                    ToolCall("no_such_function", {})])
+    assert good.ok and "Error" not in good.text, good.text
+    assert not bad.ok
+    state = executor.finish("t0")
+    assert state.call_strings and state.call_strings[0].startswith(first["name"])
+
+
+def test_every_recipe_loads():
+    import pathlib
+
+    for path in sorted(pathlib.Path(__file__).resolve().parents[2].glob("configs/*.yaml")):
+        load_config(TrainConfig, path)

@@ -29,8 +29,9 @@ class MeshSection:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataSection:
-    source: Literal["generated", "toolrl_json", "toolrl_parquet", "apibank", "bfcl"] = "generated"
-    path: Optional[str] = None  # file for toolrl_json / toolrl_parquet / apibank
+    source: Literal["generated", "toolrl_json", "toolrl_parquet", "apibank", "bfcl",
+                    "bfcl_multi_turn"] = "generated"
+    path: Optional[str] = None  # file (toolrl_*, apibank) or BFCL category (bfcl, bfcl_multi_turn)
     num_train: int = 256  # generated tasks (ignored for files)
     num_eval: int = 32  # held-out tasks for before/after evaluation
     seed: int = 0

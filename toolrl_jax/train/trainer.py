@@ -52,7 +52,7 @@ def load_tasks(cfg: TrainConfig) -> tuple[list, list, dict]:
                                           max_tools=d.max_tools)
         return list(train), list(held), {"source": "generated", "train": len(train),
                                           "heldout": len(held), "skipped": 0}
-    if d.path is None:
+    if d.path is None and d.source != "bfcl_multi_turn":
         raise ConfigError(f"data.path: required for data.source={d.source!r}")
     if d.source in ("toolrl_json", "toolrl_parquet"):
         from toolrl_jax.data import load_toolrl
@@ -66,6 +66,10 @@ def load_tasks(cfg: TrainConfig) -> tuple[list, list, dict]:
         from toolrl_jax.data import load_bfcl
 
         loaded = load_bfcl(d.path)
+    elif d.source == "bfcl_multi_turn":  # data.path = a BFCL multi-turn category
+        from toolrl_jax.tools.bfcl_env import bfcl_training_tasks
+
+        loaded = bfcl_training_tasks(d.path or "multi_turn_base")
     else:  # pragma: no cover - rejected by the config type
         raise ConfigError(f"data.source: unknown {d.source!r}")
     tasks = list(loaded)
@@ -238,10 +242,17 @@ class Trainer:
                                tool_call_syntax="toolrl")
             executor = None
             if multi:
-                from toolrl_jax.data.generated import GENERATED_TOOLS
                 from toolrl_jax.tools.executor import ToolExecutor
 
-                executor = ToolExecutor(list(GENERATED_TOOLS.values()))
+                if self.cfg.data.source == "bfcl_multi_turn":
+                    from toolrl_jax.tools.bfcl_env import BFCLEnvironment
+
+                    env = BFCLEnvironment.for_tasks(self.train_tasks + self.heldout_tasks)
+                    executor = ToolExecutor(environment=env)
+                else:
+                    from toolrl_jax.data.generated import GENERATED_TOOLS
+
+                    executor = ToolExecutor(list(GENERATED_TOOLS.values()))
             self._engines[kind] = RolloutEngine(self.model, rc, tokenizer=self.tokenizer,
                                                 template=self.template, executor=executor)
         return self._engines[kind]
@@ -256,10 +267,12 @@ class Trainer:
             eng.set_params(full)
 
     def _rollout(self, kind: str, prompts: Sequence[Sequence[int]], group_ids: Sequence[int],
-                 seed: int):
+                 seed: int, tasks: Sequence[Any] | None = None):
         from toolrl_jax.rollout.engine import RolloutRequest
 
-        reqs = [RolloutRequest(prompt_ids=list(p), group_id=int(g)) for p, g in zip(prompts, group_ids)]
+        tasks = list(tasks) if tasks is not None else [None] * len(prompts)
+        reqs = [RolloutRequest(prompt_ids=list(p), group_id=int(g), task=t)
+                for p, g, t in zip(prompts, group_ids, tasks)]
         return self.engine(kind).run(reqs, seed=int(seed))
 
     def _texts(self, traj) -> list[str]:
@@ -281,7 +294,7 @@ class Trainer:
         if limit:
             tasks, prompts = tasks[:limit], prompts[:limit]
         t0 = time.perf_counter()
-        traj = self._rollout("eval", prompts, range(len(prompts)), seed=0)
+        traj = self._rollout("eval", prompts, range(len(prompts)), seed=0, tasks=tasks)
         texts = self._texts(traj)
         scores = score_texts(texts, [t.ground_truth for t in tasks], step, self._reward_config)
         em = [exact_match(t, c) for t, c in zip(tasks, texts)]
@@ -453,7 +466,9 @@ class Trainer:
                 idx = step_task_indices(len(self.train_tasks), n_prompts, step, cfg.data.seed)
                 prompts = [self.train_prompts[i] for i in idx for _ in range(r.samples_per_prompt)]
                 groups = [g for g in range(n_prompts) for _ in range(r.samples_per_prompt)]
-                traj = self._rollout("train", prompts, groups, seed=cfg.train.seed * 1_000_003 + step)
+                step_tasks = [self.train_tasks[i] for i in idx for _ in range(r.samples_per_prompt)]
+                traj = self._rollout("train", prompts, groups, seed=cfg.train.seed * 1_000_003 + step,
+                                     tasks=step_tasks)
                 times["time_rollout"] = time.perf_counter() - t0
                 st = getattr(traj, "stats", {}) or {}
                 for src, dst in (("decode_s", "time_rollout_decode"), ("extend_s", "time_rollout_prefill"),
