@@ -146,6 +146,7 @@ class Trainer:
         summary["skipped_too_long"] = skipped
         log(f"data: {json.dumps(summary)}")
 
+        self._check_batch_geometry()
         self._reward_config = self._make_reward_config()
         r = cfg.rollout
         turns = r.max_turns if r.mode == "multi_turn" else 1
@@ -156,6 +157,18 @@ class Trainer:
         self._engines: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ building blocks
+    def _check_batch_geometry(self) -> None:
+        """Fails fast (before any compile) when the batch does not split as configured."""
+        r, a = self.cfg.rollout, self.cfg.algo
+        rows = r.prompts_per_step * r.samples_per_prompt
+        if a.ppo_minibatches < 1 or rows % a.ppo_minibatches:
+            raise ConfigError(f"algo.ppo_minibatches={a.ppo_minibatches} must divide "
+                              f"rollout.prompts_per_step*samples_per_prompt={rows}")
+        mini = rows // a.ppo_minibatches
+        if a.micro_batch_size < 1 or mini % a.micro_batch_size:
+            raise ConfigError(f"algo.micro_batch_size={a.micro_batch_size} must divide the PPO "
+                              f"mini-batch of {mini} rows (rows / algo.ppo_minibatches)")
+
     def _make_mesh(self):
         from toolrl_jax.models.sharding import MeshConfig, make_mesh
 
@@ -454,10 +467,6 @@ class Trainer:
 
             ref_params = None
             n_prompts = r.prompts_per_step
-            rows = n_prompts * r.samples_per_prompt
-            if rows % a.ppo_minibatches:
-                raise ConfigError(f"algo.ppo_minibatches={a.ppo_minibatches} must divide "
-                                  f"prompts_per_step*samples_per_prompt={rows}")
             bar = tqdm(range(start, cfg.train.steps), desc="grpo", file=sys.stderr,
                        initial=start, total=cfg.train.steps, dynamic_ncols=True)
             for step in bar:
