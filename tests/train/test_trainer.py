@@ -134,3 +134,16 @@ def test_every_recipe_loads():
 
     for path in sorted(pathlib.Path(__file__).resolve().parents[2].glob("configs/*.yaml")):
         load_config(TrainConfig, path)
+
+
+def test_bad_batch_geometry_fails_before_training(tiny_model_dir, tmp_path):
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = _cfg(tiny_model_dir, tmp_path, 1)
+    bad = load_config(TrainConfig, None, [f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}",
+                                          "data.num_train=8", "data.num_eval=2",
+                                          "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+                                          "algo.ppo_minibatches=3"])
+    with pytest.raises(ConfigError, match="ppo_minibatches=3 must divide"):
+        Trainer(bad)
+    assert cfg.algo.ppo_minibatches == 2
