@@ -18,6 +18,22 @@ def run(args) -> int:
     from toolrl_jax.train.trainer import Trainer
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    summary = Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    summary = trainer.train()
     print(json.dumps({k: v for k, v in summary.items() if k != "plots"}, indent=2))
+    print(format_summary(summary, trainer.run_dir))
     return 0
+
+
+def format_summary(summary: dict, run_dir) -> str:
+    """A small table of the held-out evaluations (before / after SFT / after GRPO)."""
+    rows = [("before training", summary.get("before")), ("after SFT", summary.get("after_sft")),
+            ("after GRPO", summary.get("after"))]
+    lines = ["", "held-out tasks (greedy)   reward  format  correct  exact match",
+             "------------------------  ------  ------  -------  -----------"]
+    for name, r in rows:
+        if r:
+            lines.append(f"{name:<24}  {r['reward']:6.2f}  {r['format']:6.2f}  "
+                         f"{r['correctness']:7.2f}  {r['exact_match']:11.2f}")
+    lines.append(f"run directory: {run_dir} (metrics.jsonl, summary.json, checkpoints/, plots/)")
+    return "\n".join(lines)
