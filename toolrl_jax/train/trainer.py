@@ -492,14 +492,21 @@ class Trainer:
                 times["time_reward"] = time.perf_counter() - t1
                 batch, adv_stats = self._grpo_batch(traj, scores["total"])
                 t2 = time.perf_counter()
+                keys = ("tokens", "positions", "segment_ids")
+                if a.ppo_minibatches > 1:  # old log-probs once, reused by every mini-batch
+                    placed = self.learner.shard_batch({k: batch[k] for k in keys})
+                    batch["old_logprobs"] = np.asarray(jax.device_get(
+                        self.learner.compute_logprobs(state.params, placed)["logprobs"]))
+                    times["time_logprobs"] = time.perf_counter() - t2
+                    t2 = time.perf_counter()
                 if a.kl_coef > 0:  # frozen reference = the policy at the start of GRPO
                     if ref_params is None:
                         ref_params = self._reference_params(state)
-                    keys = ("tokens", "positions", "segment_ids")
                     placed = self.learner.shard_batch({k: batch[k] for k in keys})
                     batch["ref_logprobs"] = np.asarray(jax.device_get(
                         self.learner.compute_logprobs(ref_params, placed)["logprobs"]))
                     times["time_ref_logprobs"] = time.perf_counter() - t2
+                    t2 = time.perf_counter()
                 state, step_metrics = self.learner.ppo_update(
                     state, batch, num_mini_batches=a.ppo_minibatches)
                 step_metrics = jax.device_get(step_metrics)
