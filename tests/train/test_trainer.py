@@ -147,3 +147,24 @@ def test_bad_batch_geometry_fails_before_training(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="ppo_minibatches=3 must divide"):
         Trainer(bad)
     assert cfg.algo.ppo_minibatches == 2
+
+
+def test_kl_to_reference_is_computed_and_logged(tiny_model_dir, tmp_path):
+    """kl_coef > 0: reference log-probs from the frozen initial policy feed the loss; the first
+    update starts at the reference, so the KL is ~0 at step 1 and positive after updates."""
+    import math
+
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = load_config(TrainConfig, None, [
+        f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "train.steps=2",
+        "train.plot=false", "data.num_train=8", "data.num_eval=1", "data.prompt_style=compact",
+        "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
+        "algo.ppo_minibatches=2", "algo.micro_batch_size=2", "algo.kl_coef=0.1", "optim.lr=1e-2",
+    ])
+    Trainer(cfg).train()
+    recs = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert all(math.isfinite(r["ref_kl"]) for r in recs)
+    assert abs(recs[0]["ref_kl"]) < 1e-3
+    assert recs[1]["ref_kl"] > 5 * abs(recs[0]["ref_kl"])  # the policy moved away from the reference
+    assert "time_logprobs" in recs[0] and "time_ref_logprobs" in recs[0]
