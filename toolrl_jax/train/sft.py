@@ -75,7 +75,7 @@ class SFTLearner:
         (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, batch)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1,
                           rng=state.rng), metrics
 

@@ -273,7 +273,7 @@ class Trainer:
     def _set_policy(self, params: Any) -> None:
         """Copies the learner's params (pure dict) into the model and the rollout engines."""
         state = nnx.state(self.model)
-        state.replace_by_pure_dict(params)
+        nnx.replace_by_pure_dict(state, params)
         nnx.update(self.model, state)
         full = nnx.split(self.model)[1]
         for eng in self._engines.values():
