@@ -168,3 +168,17 @@ def test_kl_to_reference_is_computed_and_logged(tiny_model_dir, tmp_path):
     assert abs(recs[0]["ref_kl"]) < 1e-3
     assert recs[1]["ref_kl"] > 5 * abs(recs[0]["ref_kl"])  # the policy moved away from the reference
     assert "time_logprobs" in recs[0] and "time_ref_logprobs" in recs[0]
+
+
+def test_eval_command_prints_table_and_writes_json(tiny_model_dir, tmp_path, shared_data, capsys):
+    """`toolrl-jax eval` end to end on a tiny model: greedy answers, scores, table, JSON."""
+    from toolrl_jax.cli import main
+
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--benchmark", "toolrl", "--data",
+               str(shared_data / "toolrl" / "rlla_test.parquet"), "--limit", "3",
+               "--max-new-tokens", "8", "--batch-size", "4", "--output", str(out)])
+    assert rc == 0
+    assert "Exact match" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert json.dumps(result).count('"exact_match"') >= 1

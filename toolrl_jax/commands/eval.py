@@ -76,8 +76,32 @@ def run(args) -> int:
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                               max_prompt_tokens=args.max_prompt_tokens)
     data = args.data[0] if args.data and len(args.data) == 1 else args.data
-    results = run_benchmark(args.benchmark, predict, categories=args.categories, data=data,
-                            limit=args.limit, prompt_style=args.prompt_style,
-                            batch_size=max(args.batch_size * 4, 16))
+    bar = _ProgressBar()
+    try:
+        results = run_benchmark(args.benchmark, predict, categories=args.categories, data=data,
+                                limit=args.limit, prompt_style=args.prompt_style,
+                                batch_size=max(args.batch_size * 4, 16), progress=bar)
+    finally:
+        bar.close()
     report_and_save(results, str(args.model), args.output)
     return 0
+
+
+class _ProgressBar:
+    """``progress(done, total)`` callback as a tqdm bar (one bar per category / file)."""
+
+    def __init__(self):
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.total != total or done < self._bar.n:
+            self.close()
+            self._bar = tqdm(total=total, desc="eval", file=sys.stderr, dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
