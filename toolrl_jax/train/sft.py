@@ -35,18 +35,15 @@ def sft_example(tokenizer, template, messages: Sequence[Mapping[str, Any]], answ
 def pad_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int,
                  pad_id: int = 0) -> dict[str, np.ndarray]:
     """Right-pads ``(ids, mask)`` pairs to ``[B, length]`` arrays (tokens, positions, ...)."""
-    b = len(examples)
-    tokens = np.full((b, length), pad_id, np.int32)
-    mask = np.zeros((b, length), np.float32)
-    seg = np.zeros((b, length), np.int32)
-    for i, (ids, m) in enumerate(examples):
-        n = min(len(ids), length)
-        tokens[i, :n] = ids[:n]
-        mask[i, :n] = m[:n]
-        seg[i, :n] = 1
-    mask[:, 0] = 0.0
-    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy()
-    return {"tokens": tokens, "positions": positions, "segment_ids": seg, "loss_mask": mask}
+    from toolrl_jax.data.batching import pad_batch
+
+    tokens, valid, _ = pad_batch([ids for ids, _ in examples], (length,), pad_id)
+    mask, _, _ = pad_batch([m for _, m in examples], (length,), 0)
+    mask = mask.astype(np.float32)
+    mask[:, 0] = 0.0  # no prediction for the first token
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy()
+    return {"tokens": tokens, "positions": positions, "segment_ids": valid.astype(np.int32),
+            "loss_mask": mask}
 
 
 class SFTLearner:

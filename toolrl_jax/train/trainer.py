@@ -384,34 +384,24 @@ class Trainer:
         out = compute_advantages(jnp.asarray(rewards, jnp.float32), jnp.asarray(groups),
                                  adv_cfg, num_groups=num_groups)
         adv = np.asarray(out.advantages)
-        batch = traj.to_batch()
-        if a.filter_equal_groups:
-            keep = np.asarray(out.nonconstant_row_mask)
-            batch["loss_mask"] = batch["loss_mask"] * keep[:, None]
-        batch["advantages"] = adv.astype(np.float32)
+        t = max(self._train_len, _bucket(traj.tokens.shape[1]))  # fixed T: one compile
+        batch = {k: np.asarray(v) for k, v in traj.pad_to(t, pad_id=self.pad_id).to_batch().items()}
         batch["loss_mask"] = batch["loss_mask"].astype(np.float32)
-        batch = {k: np.asarray(v) for k, v in batch.items()}
-        t = max(self._train_len, _bucket(batch["tokens"].shape[1]))  # fixed T: one compile
-        if t != batch["tokens"].shape[1]:
-            pad = t - batch["tokens"].shape[1]
-            for k, v in batch.items():
-                if v.ndim == 2:
-                    batch[k] = np.pad(v, ((0, 0), (0, pad)),
-                                      constant_values=self.pad_id if k == "tokens" else 0)
-            batch["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32),
-                                                 batch["tokens"].shape).copy()
+        if a.filter_equal_groups:  # DAPO dynamic sampling: all-equal groups carry no signal
+            batch["loss_mask"] *= np.asarray(out.nonconstant_row_mask, np.float32)[:, None]
+        batch["advantages"] = adv.astype(np.float32)
         stats = {"constant_groups": int(out.num_constant_groups), "groups": int(out.num_groups)}
         return batch, stats
 
     def _reference_params(self, state):
-        """The frozen reference policy for the KL term: the initial model (after SFT, if any).
+        """The frozen reference policy of the KL term: the policy GRPO starts from.
 
-        It is re-read from the model's starting weights: ``self._initial_params`` is captured
-        before the first update (on resume: the checkpointed run's reference is not saved, so
-        the restored policy is used, and the resumed run says so)."""
+        That is the loaded model, or the model after the SFT warm start; both are captured in
+        :meth:`train` before the first update. A run resumed after an SFT warm start cannot
+        rebuild the SFT weights, so it falls back to the restored policy and says so."""
         if getattr(self, "_initial_params", None) is not None:
             return self._initial_params
-        self.log("kl_coef > 0 after resume: the reference policy is the restored policy")
+        self.log("kl_coef > 0: resumed after SFT, the reference policy is the restored policy")
         return jax.tree.map(lambda x: jnp.array(x, copy=True), state.params)
 
     def train(self) -> dict:
@@ -439,6 +429,8 @@ class Trainer:
         summary: dict[str, Any] = {}
         try:
             _, params = split_model(self.model)
+            if a.kl_coef > 0 and cfg.sft.steps <= 0:  # the loaded model is the reference
+                self._initial_params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
             start = 0
             state = None
             if cfg.train.resume and ckpt.latest_step() is not None:
@@ -461,7 +453,7 @@ class Trainer:
                              f"{json.dumps(_round(after_sft))}")
                 _, params = split_model(self.model)
                 state = self.learner.init_state(params, seed=cfg.train.seed)
-                if a.kl_coef > 0:
+                if a.kl_coef > 0 and cfg.sft.steps > 0:  # the SFT'd model is the reference
                     self._initial_params = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                                         state.params)
 
