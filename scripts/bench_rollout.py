@@ -39,7 +39,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from toolrl_jax.models import ModelConfig, create_model  # noqa: E402
-from toolrl_jax.rollout.engine import ParsedCall, RolloutConfig, RolloutEngine, RolloutRequest  # noqa: E402
+from toolrl_jax.toolcalls import ToolCall  # noqa: E402
+from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest  # noqa: E402
 from toolrl_jax.rollout.sampler import Sampler  # noqa: E402
 from toolrl_jax.rollout.sampling import SamplingConfig  # noqa: E402
 
@@ -187,7 +188,7 @@ def bench_multi_turn(args, config: ModelConfig, model) -> list[dict]:
         executor=ToolExecutor([slow_tool], max_workers=args.batch, timeout_s=5.0),
         eos_ids=eos_ids,
         tool_stop_sequences=[[t] for t in tool_ids],
-        extract_calls=lambda text: ([ParsedCall("slow_tool", {})], ""),
+        extract_calls=lambda text: ([ToolCall("slow_tool", {})], ""),
         render_observation=lambda turn_ids, results: obs_ids,
         decode_text=lambda ids: "",
     )

@@ -22,7 +22,7 @@ from toolrl_jax.rewards.math import (
     retool_reward,
 )
 from toolrl_jax.rewards.otc import OTCConfig, otc_group_min_calls, otc_reward, otc_tool_reward
-from toolrl_jax.rewards.parse import ToolCall
+from toolrl_jax.toolcalls.parse import ToolCall
 from toolrl_jax.rewards.shaping import (
     OverlongConfig,
     ToolStarConfig,

@@ -11,7 +11,7 @@ import pytest
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.rewards.config import ToolRLRewardConfig
 from toolrl_jax.rewards.encode import canonical, encode_batch, format_ok, think_word_count, value_id
-from toolrl_jax.rewards.parse import (
+from toolrl_jax.toolcalls.parse import (
     ToolCall,
     first_tool_call_block,
     parse_completion,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from toolrl_jax.rewards.config import VARIANTS, ToolRLRewardConfig
 from toolrl_jax.rewards.encode import encode_batch, format_ok, think_word_count
-from toolrl_jax.rewards.parse import parse_completion, parse_tool_calls
+from toolrl_jax.toolcalls.parse import parse_completion, parse_tool_calls
 from toolrl_jax.rewards.reference import reference_reward
 from toolrl_jax.rewards.toolrl import (
     reward_params,

@@ -13,7 +13,7 @@ Accepted syntaxes (``syntax="auto"`` tries them in this order):
 Result: ``list[{"name": str, "arguments": dict}]`` when calls were decoded, ``[]`` when the
 text holds no call at all, and ``None`` when it tries to call but cannot be decoded.
 
-The decoding itself is the project's one parser, ``toolrl_jax.rewards.parse`` (bounded and
+The decoding itself is the project's one parser, ``toolrl_jax.toolcalls.parse`` (bounded and
 defensive); this module maps its result onto the three outcomes above.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from toolrl_jax.rewards import parse as rp
+from toolrl_jax.toolcalls import parse as rp
 
 _THINK_RE = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _FENCE_RE = re.compile(r"^```(?:python|json|tool_code)?\s*\n?(.*?)\n?```$", re.DOTALL)

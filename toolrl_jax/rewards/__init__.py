@@ -4,7 +4,7 @@ ToolRL (``toolrl``: format + fine-grained tool-call correctness + length, every 
 greedy or optimal matching, a released-code compatibility preset), ReTool outcome (``math``),
 OTC tool efficiency (``otc``), FTRL per-turn solve rewards (``ftrl``), DAPO overlong shaping and
 the Tool-Star multi-tool bonus (``shaping``), weighted composition (``compose``).
-See docs/rewards.md. Names are imported lazily so that the parsers load without JAX.
+See docs/rewards.md. Names are imported lazily. The parser of model output is ``toolrl_jax.toolcalls.parse``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    # parsing (host, no JAX)
-    "ToolCall": "parse", "ToolCallParse": "parse", "ParsedCompletion": "parse",
-    "parse_completion": "parse", "parse_tool_calls": "parse", "tool_call_blocks": "parse",
-    "first_tool_call_block": "parse", "extract_tag": "parse",
     # ToolRL
     "ToolRLRewardConfig": "config", "VARIANTS": "config",
     "ToolCallBatch": "encode", "encode_batch": "encode", "value_id": "encode", "canonical": "encode",

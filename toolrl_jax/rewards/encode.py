@@ -37,7 +37,7 @@ import numpy as np
 
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.rewards.config import ToolRLRewardConfig
-from toolrl_jax.rewards.parse import (
+from toolrl_jax.toolcalls.parse import (
     MAX_DEPTH,
     ParsedCompletion,
     first_tool_call_block,
@@ -404,7 +404,7 @@ def encode_batch(
 
     Args:
       completions: assistant texts (stripped here, as the released code strips them), or their
-        :func:`~toolrl_jax.rewards.parse.parse_completion` results when the caller (e.g. the
+        :func:`~toolrl_jax.toolcalls.parse.parse_completion` results when the caller (e.g. the
         rollout engine) parsed them already: their calls are reused, not parsed again (with
         ``released_quirks`` the raw text is re-read by the released rule).
       ground_truths: ToolRL target texts (each distinct text is parsed once per call).

@@ -9,7 +9,7 @@ A turn whose k calls all solve open goals scores 2k/(k+1) (1 for one call, -> 2 
 extra or useless call dilutes it; answering early costs 1/(1+u).
 
 Host side: :func:`ftrl_turn_counts` matches a turn's calls to the open sub-goals (each sub-goal is
-an expected :class:`~toolrl_jax.rewards.parse.ToolCall`, solved at most once). Device side:
+an expected :class:`~toolrl_jax.toolcalls.parse.ToolCall`, solved at most once). Device side:
 :func:`ftrl_turn_reward` (jitted, any shape).
 """
 
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from toolrl_jax.rewards.encode import value_id
-from toolrl_jax.rewards.parse import ToolCall
+from toolrl_jax.toolcalls.parse import ToolCall
 
 __all__ = ["ftrl_turn_counts", "ftrl_turn_reward"]
 

@@ -10,7 +10,7 @@ one trajectory. The loop (VerlTool-style asynchronous rollout, arXiv 2509.01055)
 2. **decode** a chunk of ``chunk_steps`` tokens for every decoding slot (one jitted
    ``while_loop``; rows stop on EOS, a stop sequence or a length limit);
 3. for each row that stopped on a **tool end tag** (e.g. ``</tool_call>``, ReTool's ``</code>``),
-   decode the turn's ids to text *only to parse the calls* (``rewards.parse``), and submit them
+   decode the turn's ids to text *only to parse the calls* (``toolcalls.parse``), and submit them
    to the :class:`~toolrl_jax.tools.ToolExecutor`; the slot waits while the other slots keep
    decoding;
 4. when a slot's tool results arrive, **render** them as the next message in token ids
@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.toolcalls.types import ToolCall
 from toolrl_jax.rollout import stops as stops_lib
 from toolrl_jax.rollout.sampler import Sampler, bucket_length
 from toolrl_jax.rollout.sampling import SamplingConfig
@@ -72,7 +73,7 @@ class RolloutConfig:
       tool_stop_strings: stop strings that end a turn with a tool call (matched as token ids,
         every tokenization variant from ``chat.stop_sequence_variants``).
       stop_strings: stop strings that end the trajectory.
-      tool_call_syntax: call syntax for ``rewards.parse`` ('auto' | 'toolrl' | 'hermes' | 'python').
+      tool_call_syntax: call syntax for ``toolcalls.parse`` ('auto' | 'toolrl' | 'hermes' | 'python').
       truncation_marker: appended to a cut tool result.
       obs_overhead_tokens: room for the template tokens around results (sizes the KV cache).
       pad_multiple: the output ``Trajectory`` is right-padded to a multiple of this.
@@ -165,24 +166,16 @@ def expand_requests(
 
 
 # ----------------------------------------------------------------------------- tool calls
-@dataclasses.dataclass(frozen=True)
-class ParsedCall:
-    """A call extracted from a turn (duck-typed for ``ToolExecutor``: name, arguments)."""
-
-    name: str
-    arguments: Any
-
-
-CallExtractor = Callable[[str], "tuple[list[Any], str]"]
+CallExtractor = Callable[[str], "tuple[list[ToolCall], str]"]
 
 
 def tool_call_extractor(syntax: str = "auto") -> CallExtractor:
-    """Calls in the ``<tool_call>`` blocks of a turn's text, via ``rewards.parse``.
+    """Calls in the ``<tool_call>`` blocks of a turn's text, via ``toolcalls.parse``.
 
     Returns ``f(text) -> (calls, reason)``; ``reason`` is '' on success, else why no call could
     be read (the model sees it as an error observation).
     """
-    from toolrl_jax.rewards.parse import parse_completion
+    from toolrl_jax.toolcalls.parse import parse_completion
 
     def extract(text: str) -> tuple[list[Any], str]:
         parsed = parse_completion(text, syntax)
@@ -190,7 +183,7 @@ def tool_call_extractor(syntax: str = "auto") -> CallExtractor:
             return [], parsed.reason or "malformed tool call"
         if not parsed.tool_calls:
             return [], "no tool call found"
-        return [ParsedCall(c.name, dict(c.arguments)) for c in parsed.tool_calls], ""
+        return [ToolCall(c.name, dict(c.arguments)) for c in parsed.tool_calls], ""
 
     return extract
 
@@ -212,7 +205,7 @@ def code_extractor(
             code = code[first_newline + 1 :] if first_newline >= 0 else ""
             if code.rstrip().endswith("```"):
                 code = code.rstrip()[:-3]
-        return [ParsedCall(tool_name, {"code": code.strip("\n").rstrip()})], ""
+        return [ToolCall(tool_name, {"code": code.strip("\n").rstrip()})], ""
 
     return extract
 

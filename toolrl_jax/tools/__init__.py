@@ -10,7 +10,8 @@ from toolrl_jax.tools.base import (
     openai_tools,
     validate_arguments,
 )
-from toolrl_jax.tools.executor import ToolCall, ToolExecutor, ToolResult
+from toolrl_jax.toolcalls.types import ToolCall, ToolResult
+from toolrl_jax.tools.executor import ToolExecutor
 
 __all__ = [
     "FunctionTool",

@@ -28,44 +28,10 @@ import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from toolrl_jax.toolcalls.types import ErrorKind, ToolCall, ToolResult
 from toolrl_jax.tools.base import Tool, ToolEnvironment, validate_arguments
 
 __all__ = ["ErrorKind", "ToolCall", "ToolExecutor", "ToolResult", "render_observation"]
-
-ErrorKind = Literal["unknown_tool", "bad_arguments", "exception", "timeout"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ToolCall:
-    """One call the model asked for (any object with `.name` and `.arguments` works too)."""
-
-    name: str
-    arguments: Mapping[str, Any] | str = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class ToolResult:
-    """Outcome of one call.
-
-    Attributes:
-        name: the tool name as the model wrote it.
-        ok: True if the tool returned normally.
-        text: observation text for the model (the tool's output or an "Error: ..." message),
-            at most `max_observation_chars` characters plus a truncation marker.
-        error_kind: None, 'unknown_tool', 'bad_arguments', 'exception' or 'timeout'.
-        seconds: wall time from start of the call to its result (or to the deadline).
-    """
-
-    name: str
-    ok: bool
-    text: str
-    error_kind: ErrorKind | None
-    seconds: float
-
-    def as_message(self) -> dict:
-        """`{"role": "tool", "name": name, "content": text}`, the chat message of the result."""
-        return {"role": "tool", "name": self.name, "content": self.text}
-
 
 def render_observation(value: Any) -> str:
     """Tool return value -> text: strings as they are, None as "", others as JSON (or str())."""

@@ -34,6 +34,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from toolrl_jax.toolcalls.types import ToolCall
+
 Syntax = Literal["auto", "toolrl", "hermes", "python"]
 SYNTAXES = ("auto", "toolrl", "hermes", "python")
 
@@ -43,17 +45,6 @@ MAX_PYTHON_CHARS = 100_000
 MAX_DEPTH = 64
 
 _TOOL_OPEN, _TOOL_CLOSE = "<tool_call>", "</tool_call>"
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One parsed call: ``name`` and its ``arguments`` (a dict of JSON/Python literal values)."""
-
-    name: str
-    arguments: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "arguments": self.arguments}
 
 
 @dataclass(frozen=True)
