@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from toolrl_jax.models import Decoder, ModelConfig, make_mesh
     from toolrl_jax.rl.losses import LossConfig
-    from toolrl_jax.rl.train_step import GRPOConfig, Learner, OptimConfig, split_model
+    from toolrl_jax.rl.train_step import AlgoConfig, Learner, OptimConfig, split_model
 
     device = jax.devices()[0]
     impl = args.attention
@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.mesh:
         mesh = make_mesh({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
     graphdef, params = split_model(Decoder(mc, rngs=nnx.Rngs(0)))
-    cfg = GRPOConfig(
+    cfg = AlgoConfig(
         micro_batch_size=args.micro_batch_size, vocab_chunk=args.vocab_chunk,
-        loss=LossConfig(entropy_coef=0.001), optim=OptimConfig(learning_rate=1e-6),
+        loss=LossConfig(entropy_coef=0.001),
     )
-    learner = Learner(graphdef, mc, cfg, mesh=mesh)
+    learner = Learner(graphdef, mc, cfg, OptimConfig(learning_rate=1e-6), mesh=mesh)
     state = learner.init_state(params)
     del params
 

@@ -117,6 +117,11 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         if key not in fields:
             raise ConfigError(f"unknown config key '{full}': {_suggest(key, fields)}")
         kwargs[key] = _convert(value, hints[key], full)
+        default = fields[key].default_factory
+        if isinstance(kwargs[key], dict) and default is not dataclasses.MISSING:
+            base = default()
+            if isinstance(base, dict):  # mappings merge onto the default (reward.components)
+                kwargs[key] = {**base, **kwargs[key]}
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field missing

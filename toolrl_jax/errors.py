@@ -15,3 +15,7 @@ class ModelLoadError(ToolRLError):
 
 class DataError(ToolRLError):
     """A data file is missing or unreadable."""
+
+
+class TrainingError(ToolRLError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what was kept and why."""

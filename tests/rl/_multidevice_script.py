@@ -22,7 +22,7 @@ from flax import nnx  # noqa: E402
 
 from toolrl_jax.models import Decoder, ModelConfig, make_mesh  # noqa: E402
 from toolrl_jax.rl.losses import LossConfig  # noqa: E402
-from toolrl_jax.rl.train_step import GRPOConfig, Learner, OptimConfig, split_model  # noqa: E402
+from toolrl_jax.rl.train_step import AlgoConfig, Learner, OptimConfig, split_model  # noqa: E402
 from toolrl_jax.train.checkpoint import Checkpointer  # noqa: E402
 
 B, T = 16, 16
@@ -44,21 +44,21 @@ def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     mc = ModelConfig.tiny("qwen2", num_layers=1)
     graphdef, params = split_model(Decoder(mc, rngs=nnx.Rngs(0)))
-    cfg = GRPOConfig(
+    cfg = AlgoConfig(
         micro_batch_size=8, vocab_chunk=96,
         loss=LossConfig(kl_coef=0.05, entropy_coef=0.01, aggregation="seq-mean-token-mean"),
-        # eps 1e-4: AdamW's first step is ~sign(g); a larger eps keeps it well-conditioned for
-        # gradient entries that are 0 up to rounding (k_proj bias), so the comparison is fair.
-        optim=OptimConfig(learning_rate=1e-3, eps=1e-4),
     )
+    # eps 1e-4: AdamW's first step is ~sign(g); a larger eps keeps it well-conditioned for
+    # gradient entries that are 0 up to rounding (k_proj bias), so the comparison is fair.
+    opt = OptimConfig(learning_rate=1e-3, eps=1e-4)
     data = batch()
-    ref = Learner(graphdef, mc, cfg)
+    ref = Learner(graphdef, mc, cfg, opt)
     st, m = ref.train_step(ref.init_state(params), ref.shard_batch(data))
     ref_params = jax.device_get(st.params)
     ref_metrics = {k: float(v) for k, v in jax.device_get(m).items()}
     out = {"ref_loss": ref_metrics["loss"]}
     for name, mesh_cfg in (("fsdp4_tp2", {"data": 1, "fsdp": 4, "tp": 2}), ("data8", {"data": 8})):
-        learner = Learner(graphdef, mc, cfg, mesh=make_mesh(mesh_cfg))
+        learner = Learner(graphdef, mc, cfg, opt, mesh=make_mesh(mesh_cfg))
         state = learner.init_state(params)
         new_state, metrics = learner.train_step(state, learner.shard_batch(data))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -24,7 +24,7 @@ from flax import nnx  # noqa: E402
 
 from toolrl_jax.models import Decoder, ModelConfig  # noqa: E402
 from toolrl_jax.rl.losses import LossConfig  # noqa: E402
-from toolrl_jax.rl.train_step import GRPOConfig, Learner, OptimConfig, split_model  # noqa: E402
+from toolrl_jax.rl.train_step import AlgoConfig, Learner, OptimConfig, split_model  # noqa: E402
 from toolrl_jax.train.checkpoint import Checkpointer  # noqa: E402
 
 B, T = 8, 16
@@ -59,10 +59,9 @@ def main() -> int:
 
     mc = ModelConfig.tiny("llama", num_layers=1)
     graphdef, params = split_model(Decoder(mc, rngs=nnx.Rngs(0)))
-    cfg = GRPOConfig(micro_batch_size=4, vocab_chunk=128,
-                     loss=LossConfig(entropy_coef=0.01),
-                     optim=OptimConfig(learning_rate=3e-3, weight_decay=0.01))
-    learner = Learner(graphdef, mc, cfg)
+    cfg = AlgoConfig(micro_batch_size=4, vocab_chunk=128, loss=LossConfig(entropy_coef=0.01))
+    opt = OptimConfig(learning_rate=3e-3, weight_decay=0.01)
+    learner = Learner(graphdef, mc, cfg, opt)
     ckpt = Checkpointer(args.ckpt, save_every=args.save_every, keep=2)
     if ckpt.latest_step() is not None:
         state, data = ckpt.restore(learner.abstract_state(params))

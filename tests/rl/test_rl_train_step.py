@@ -17,17 +17,17 @@ from flax import nnx
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.models import Decoder, ModelConfig
 from toolrl_jax.rl.losses import LossConfig
-from toolrl_jax.rl.train_step import GRPOConfig, Learner, OptimConfig, split_model
+from toolrl_jax.rl.train_step import AlgoConfig, Learner, OptimConfig, split_model
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MC = ModelConfig.tiny("llama", num_layers=1)
 # eps 1e-4: AdamW's first step is ~ g / |g|, which turns rounding noise in gradient entries that
 # are ~0 into O(lr) differences; a larger eps keeps the comparison about the gradients.
-CFG = GRPOConfig(
+CFG = AlgoConfig(
     vocab_chunk=96,
     loss=LossConfig(kl_coef=0.05, entropy_coef=0.01, tis_cap=2.0, clip_eps_high=0.28),
-    optim=OptimConfig(learning_rate=1e-3, eps=1e-4, weight_decay=0.01),
 )
+OPT = OptimConfig(learning_rate=1e-3, eps=1e-4, weight_decay=0.01)
 
 
 def _batch(b: int, t: int, seed: int = 0) -> dict:
@@ -55,7 +55,7 @@ def model_parts():
 @pytest.fixture(scope="module")
 def micro_learner(model_parts):
     """Learner with 4 micro-batches of 4 rows; its step is traced at most twice (2 buckets)."""
-    learner = Learner(model_parts[0], MC, CFG.__class__(**{**CFG.__dict__, "micro_batch_size": 4}))
+    learner = Learner(model_parts[0], MC, CFG.__class__(**{**CFG.__dict__, "micro_batch_size": 4}), OPT)
     learner._step = chex.assert_max_traces(learner._step, n=2)
     return learner
 
@@ -68,7 +68,7 @@ def _rel(a, b):
 def test_accumulating_micro_batches_equals_one_big_batch(model_parts, micro_learner):
     graphdef, params = model_parts
     batch = _batch(16, 16)
-    big = Learner(graphdef, MC, CFG)
+    big = Learner(graphdef, MC, CFG, OPT)
     s_big, m_big = big.train_step(big.init_state(params), batch)
     s_acc, m_acc = micro_learner.train_step(micro_learner.init_state(params), batch)
     assert _rel(jax.device_get(s_acc.params), jax.device_get(s_big.params)) <= 1e-6
@@ -137,7 +137,7 @@ def test_step_memory_does_not_grow_with_vocab(model_parts):
     def temp_bytes(vocab: int) -> int:
         mc = MC.replace(vocab_size=vocab)
         graphdef, params = split_model(Decoder(mc, rngs=nnx.Rngs(0)))
-        cfg = GRPOConfig(vocab_chunk=chunk, loss=LossConfig(entropy_coef=0.01))
+        cfg = AlgoConfig(vocab_chunk=chunk, loss=LossConfig(entropy_coef=0.01))
         learner = Learner(graphdef, mc, cfg)
         state = learner.abstract_state(params)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
@@ -154,12 +154,12 @@ def test_step_memory_does_not_grow_with_vocab(model_parts):
 
 def test_config_errors(model_parts):
     with pytest.raises(ConfigError, match="micro_batch_size"):
-        GRPOConfig(micro_batch_size=0)
+        AlgoConfig(micro_batch_size=0)
     with pytest.raises(ConfigError, match="compute_entropy"):
-        GRPOConfig(compute_entropy=False, loss=LossConfig(entropy_coef=0.1))
+        AlgoConfig(compute_entropy=False, loss=LossConfig(entropy_coef=0.1))
     with pytest.raises(ConfigError, match="total_steps"):
         OptimConfig(schedule="cosine", total_steps=0)
-    learner = Learner(model_parts[0], MC, GRPOConfig(micro_batch_size=5))
+    learner = Learner(model_parts[0], MC, AlgoConfig(micro_batch_size=5))
     with pytest.raises(ConfigError, match="micro_batch_size"):
         learner.loss_and_grads(model_parts[1], _batch(16, 8))
 

@@ -13,6 +13,7 @@ import pytest
 
 from toolrl_jax.config_io import load_config
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.toolcalls import ToolCall
 from toolrl_jax.train.config import TrainConfig
 from toolrl_jax.train.metrics import read_metrics
 
@@ -44,8 +45,8 @@ def _cfg(model_dir, out_dir, steps, resume=True):
         f"train.resume={str(resume).lower()}", "train.checkpoint_every=1", "train.plot=false",
         "data.num_train=8", "data.num_eval=2", "data.prompt_style=compact",
         "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
-        "algo.ppo_minibatches=2", "algo.micro_batch_size=2", "optim.lr=1e-3",
-        "sft.steps=1", "sft.batch_size=2", "sft.lr=1e-3",
+        "algo.ppo_minibatches=2", "algo.micro_batch_size=2", "optim.learning_rate=1e-3",
+        "sft.steps=1", "sft.batch_size=2", "sft.learning_rate=1e-3",
     ])
 
 
@@ -60,7 +61,8 @@ def test_train_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     assert (run / "resolved_config.yaml").exists() and (run / "summary.json").exists()
     recs = [r for r in read_metrics(run) if r["kind"] == "train"]
     assert [r["step"] for r in recs] == [1, 2, 3]
-    for key in ("reward", "reward_format", "reward_correctness", "loss", "grad_norm",
+    for key in ("reward", "reward/toolrl", "reward/toolrl_format", "reward/toolrl_correctness",
+                "loss", "grad_norm",
                 "learning_rate", "clip_frac", "entropy", "time_rollout", "time_update"):
         assert key in recs[0], key
 
@@ -89,15 +91,13 @@ def test_multi_turn_mode_runs_tools(tiny_model_dir, tmp_path):
     cfg = load_config(TrainConfig, None, [
         f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "train.steps=1",
         "train.plot=false", "data.num_train=4", "data.num_eval=1", "data.prompt_style=compact",
-        "rollout.mode=multi_turn", "rollout.max_turns=2", "rollout.max_observation_tokens=32",
+        "env.name=generated_tools", "rollout.max_turns=2", "rollout.max_obs_tokens=32",
         "rollout.prompts_per_step=1", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
         "algo.ppo_minibatches=1", "algo.micro_batch_size=2",
     ])
     trainer = Trainer(cfg)
     engine = trainer.engine("train")
     assert engine.multi_turn
-    from toolrl_jax.tools.executor import ToolCall
-
     [result] = engine.executor.run(0, [ToolCall("get_capital", {"country": "France"})])
     assert result.ok and "Paris" in result.text
     summary = trainer.train()
@@ -107,13 +107,12 @@ def test_multi_turn_mode_runs_tools(tiny_model_dir, tmp_path):
 def test_bfcl_multi_turn_source_executes_bfcl_backends(tiny_model_dir, tmp_path):
     """data.source=bfcl_multi_turn: tasks from BFCL's multi_turn_base, the engine's executor
     runs calls on per-trajectory BFCL backends."""
-    from toolrl_jax.tools.executor import ToolCall
     from toolrl_jax.train.trainer import Trainer
 
     cfg = load_config(TrainConfig, None, [
         f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "data.source=bfcl_multi_turn",
         "data.path=multi_turn_base", "data.num_eval=2", "data.max_prompt_tokens=100000",
-        "rollout.mode=multi_turn", "rollout.max_turns=2",
+        "env.name=bfcl_multi_turn", "rollout.max_turns=2",
     ])
     trainer = Trainer(cfg)
     task = trainer.train_tasks[0]
@@ -140,12 +139,11 @@ def test_bad_batch_geometry_fails_before_training(tiny_model_dir, tmp_path):
     from toolrl_jax.train.trainer import Trainer
 
     cfg = _cfg(tiny_model_dir, tmp_path, 1)
-    bad = load_config(TrainConfig, None, [f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}",
-                                          "data.num_train=8", "data.num_eval=2",
-                                          "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
-                                          "algo.ppo_minibatches=3"])
     with pytest.raises(ConfigError, match="ppo_minibatches=3 must divide"):
-        Trainer(bad)
+        load_config(TrainConfig, None, [f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}",
+                                        "data.num_train=8", "data.num_eval=2",
+                                        "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+                                        "algo.ppo_minibatches=3"])
     assert cfg.algo.ppo_minibatches == 2
 
 
@@ -160,7 +158,8 @@ def test_kl_to_reference_is_computed_and_logged(tiny_model_dir, tmp_path):
         f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "train.steps=2",
         "train.plot=false", "data.num_train=8", "data.num_eval=1", "data.prompt_style=compact",
         "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
-        "algo.ppo_minibatches=2", "algo.micro_batch_size=2", "algo.kl_coef=0.1", "optim.lr=1e-2",
+        "algo.ppo_minibatches=2", "algo.micro_batch_size=2", "algo.loss.kl_coef=0.1",
+        "optim.learning_rate=1e-2",
     ])
     Trainer(cfg).train()
     recs = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]

@@ -28,13 +28,13 @@ def run(args) -> int:
     if cfg.sft.steps <= 0:
         raise ConfigError("sft.steps: must be > 0 for `toolrl-jax sft` (e.g. sft.steps=100)")
     trainer = Trainer(cfg)
-    trainer.metrics = MetricsLogger(trainer.run_dir)
+    run_metrics = MetricsLogger(trainer.run_dir)
     try:
-        metrics = trainer.sft()
+        metrics = trainer.sft(run_metrics)
         result = trainer.evaluate(0, cfg.train.eval_limit)
-        trainer.metrics.log(cfg.sft.steps, result, kind="eval_after_sft")
+        run_metrics.log(cfg.sft.steps, result, kind="eval_after_sft")
     finally:
-        trainer.metrics.close()
+        run_metrics.close()
     out = trainer.run_dir / "sft_model"
     export_hf_dir(trainer.model, trainer.model_config, out, tokenizer=trainer.tokenizer)
     print(json.dumps({"sft": metrics, "eval": result, "model": str(out)}, indent=2))

@@ -26,14 +26,15 @@ def run(args) -> int:
 
 
 def format_summary(summary: dict, run_dir) -> str:
-    """A small table of the held-out evaluations (before / after SFT / after GRPO)."""
+    """A small table of the held-out evaluations (before / after SFT / after RL)."""
     rows = [("before training", summary.get("before")), ("after SFT", summary.get("after_sft")),
-            ("after GRPO", summary.get("after"))]
+            ("after RL", summary.get("after"))]
     lines = ["", "held-out tasks (greedy)   reward  format  correct  exact match",
              "------------------------  ------  ------  -------  -----------"]
+    nan = float("nan")
     for name, r in rows:
         if r:
-            lines.append(f"{name:<24}  {r['reward']:6.2f}  {r['format']:6.2f}  "
-                         f"{r['correctness']:7.2f}  {r['exact_match']:11.2f}")
+            lines.append(f"{name:<24}  {r['reward']:6.2f}  {r.get('format', nan):6.2f}  "
+                         f"{r.get('correctness', nan):7.2f}  {r['exact_match']:11.2f}")
     lines.append(f"run directory: {run_dir} (metrics.jsonl, summary.json, checkpoints/, plots/)")
     return "\n".join(lines)

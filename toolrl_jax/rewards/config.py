@@ -43,6 +43,11 @@ def _pair(x, name: str) -> tuple[float, float]:
     return (lo, hi)
 
 
+#: ``compat: toolrl``: the released ToolRL code's scoring settings.
+_COMPAT_TOOLRL = dict(matching="greedy", equality="strict", syntax="toolrl", released_quirks=True,
+                      response_only="zero")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ToolRLRewardConfig:
     """Settings of the ToolRL reward R = R_format + R_correct (+ R_length).
@@ -76,6 +81,8 @@ class ToolRLRewardConfig:
       length_tie_steps: steps [0, length_tie_steps) for which the rare exact half-cent ties of
         ``round(words / L, 2)`` follow Python's float64 rounding bit for bit; later steps round the
         exact ratio half-to-even (the two differ by 0.01 only on those ties).
+      compat: 'toolrl' applies the released code's settings (greedy matching, strict equality,
+        ToolRL syntax, its quirks, response-only 0) over those fields; null keeps them.
       max_calls, max_args: static shapes of the encoded arrays. A ground truth that does not fit
         raises ConfigError; a prediction that does not fit is flagged ``pd_overflow`` and scored
         as a parse failure (min correctness).
@@ -100,8 +107,14 @@ class ToolRLRewardConfig:
     max_calls: int = 8
     max_args: int = 8
     max_chars: int = 1_000_000
+    compat: Literal["toolrl"] | None = None
 
     def __post_init__(self):
+        if self.compat is not None:  # the released code's settings win over the fields
+            if self.compat != "toolrl":
+                raise ConfigError(f"reward compat must be 'toolrl' or null, got {self.compat!r}")
+            for name, value in _COMPAT_TOOLRL.items():
+                object.__setattr__(self, name, value)
         if self.variant not in VARIANTS:
             raise ConfigError(f"reward variant {self.variant!r} is unknown; use one of {', '.join(VARIANTS)}")
         if self.matching not in ("optimal", "greedy"):
@@ -141,8 +154,7 @@ class ToolRLRewardConfig:
     def compat_toolrl(cls, variant: str = "original", **overrides) -> ToolRLRewardConfig:
         """The released ToolRL code, exactly: greedy matching, strict Python equality, -3 on any
         parse failure (its quirks included), correctness 0 for response-only ground truths."""
-        kw = dict(variant=variant, matching="greedy", equality="strict", syntax="toolrl",
-                  released_quirks=True, response_only="zero")
+        kw = dict(variant=variant, **_COMPAT_TOOLRL)
         kw.update(overrides)
         return cls(**kw)
 

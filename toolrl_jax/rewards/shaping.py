@@ -35,20 +35,33 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class OverlongConfig:
-    """max_length: L_max (the generation budget); cache_length: L_cache (the ramp)."""
+    """max_length: L_max (the generation budget); cache_length: L_cache (the ramp).
 
-    max_length: int
-    cache_length: int
+    0 for either means "derived by the caller" (the trainer uses the rollout's token budget for
+    L_max and L_max / 4 for L_cache); :meth:`resolved` fills them in."""
+
+    max_length: int = 0
+    cache_length: int = 0
     scale: float = 1.0
 
+    def resolved(self, max_length: int) -> "OverlongConfig":
+        """This config with a zero ``max_length`` / ``cache_length`` filled in."""
+        lmax = self.max_length or int(max_length)
+        return OverlongConfig(max_length=lmax, cache_length=self.cache_length or max(lmax // 4, 1),
+                              scale=self.scale)
+
     def __post_init__(self):
-        if not 0 < self.cache_length <= self.max_length:
+        if self.max_length < 0 or self.cache_length < 0:
+            raise ConfigError("overlong max_length and cache_length must be >= 0 (0: derived)")
+        if self.max_length and self.cache_length and not self.cache_length <= self.max_length:
             raise ConfigError(f"overlong cache_length must be in (0, max_length], got {self.cache_length}")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def dapo_overlong_penalty(lengths, config: OverlongConfig):
     """[B] float32 DAPO soft overlong penalty of response lengths [B] (tokens)."""
+    if not (config.max_length and config.cache_length):
+        raise ConfigError("overlong: max_length and cache_length must be set (OverlongConfig.resolved)")
     y = jnp.asarray(lengths, jnp.float32)
     free = config.max_length - config.cache_length
     ramp = (free - y) / config.cache_length

@@ -61,6 +61,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.rl import advantages as advantages_lib
 from toolrl_jax.rl import losses as losses_lib
 from toolrl_jax.rl.logprobs import token_logprobs_and_entropy
 
@@ -119,38 +120,54 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GRPOConfig:
-    """Everything the compiled step needs besides the model.
+class AlgoConfig:
+    """The policy-gradient algorithm: advantages, loss, and how a rollout batch is consumed
+    (the YAML ``algo:`` section).
 
     Attributes:
-      loss: :class:`~toolrl_jax.rl.losses.LossConfig`.
-      optim: :class:`OptimConfig`.
-      micro_batch_size: rows per gradient-accumulation micro-batch (None = the whole batch);
-        must divide the batch size.
+      advantage: :class:`~toolrl_jax.rl.advantages.AdvantageConfig` (``algo.advantage.*``).
+      loss: :class:`~toolrl_jax.rl.losses.LossConfig` (``algo.loss.*``).
+      ppo_minibatches: optimizer steps per rollout batch; each takes ``rows / ppo_minibatches``
+        consecutive rows and reuses the old log-probs computed once before the first.
+      micro_batch_size: rows per gradient-accumulation micro-batch (None = the whole
+        mini-batch); must divide the mini-batch.
       vocab_chunk: vocabulary columns per log-prob chunk.
-      temperature: logits are divided by it (use the sampler's temperature).
       compute_entropy: compute the policy entropy (needed when ``loss.entropy_coef > 0``; else
         only logged).
+      dynamic_sampling: DAPO dynamic sampling (arXiv 2503.14476): groups whose rewards are all
+        equal are dropped and more prompts are sampled until the step has
+        ``rollout.prompts_per_step`` informative groups.
+      max_sampling_rounds: most rollout rounds per step with ``dynamic_sampling`` (the first
+        included); when they are spent the batch is completed with constant groups, whose
+        loss mask is zero, and the shortfall is logged.
     """
 
+    advantage: advantages_lib.AdvantageConfig = dataclasses.field(
+        default_factory=advantages_lib.AdvantageConfig
+    )
     loss: losses_lib.LossConfig = dataclasses.field(default_factory=losses_lib.LossConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    ppo_minibatches: int = 1
     micro_batch_size: int | None = None
     vocab_chunk: int = 8192
-    temperature: float = 1.0
     compute_entropy: bool = True
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 4
 
     def __post_init__(self) -> None:
+        if self.ppo_minibatches < 1:
+            raise ConfigError(f"algo.ppo_minibatches: must be >= 1, got {self.ppo_minibatches}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ConfigError(
-                f"micro_batch_size: must be >= 1 or null, got {self.micro_batch_size}"
+                f"algo.micro_batch_size: must be >= 1 or null, got {self.micro_batch_size}"
             )
         if self.vocab_chunk < 1:
-            raise ConfigError(f"vocab_chunk: must be >= 1, got {self.vocab_chunk}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
+            raise ConfigError(f"algo.vocab_chunk: must be >= 1, got {self.vocab_chunk}")
         if self.loss.entropy_coef > 0 and not self.compute_entropy:
-            raise ConfigError("compute_entropy: must be true when loss.entropy_coef > 0")
+            raise ConfigError("algo.compute_entropy: must be true when algo.loss.entropy_coef > 0")
+        if self.max_sampling_rounds < 1:
+            raise ConfigError(
+                f"algo.max_sampling_rounds: must be >= 1, got {self.max_sampling_rounds}"
+            )
 
 
 @flax.struct.dataclass
@@ -279,7 +296,9 @@ class Learner:
     Args:
       graphdef: from :func:`split_model`.
       model_config: the model's ``ModelConfig`` (dtypes; sharding rules).
-      config: :class:`GRPOConfig`.
+      algo: :class:`AlgoConfig` (loss, micro-batching, vocab chunking).
+      optim: :class:`OptimConfig`.
+      temperature: logits are divided by it (the sampler's temperature; > 0).
       mesh: a ``('data', 'fsdp', 'tp')`` mesh, or None for one device / no sharding.
     """
 
@@ -287,16 +306,22 @@ class Learner:
         self,
         graphdef: nnx.GraphDef,
         model_config: Any,
-        config: GRPOConfig = GRPOConfig(),
+        algo: AlgoConfig = AlgoConfig(),
+        optim: OptimConfig = OptimConfig(),
         *,
+        temperature: float = 1.0,
         mesh: Mesh | None = None,
     ) -> None:
+        if not temperature > 0:
+            raise ConfigError(f"temperature: must be > 0, got {temperature}")
         self.graphdef = graphdef
         self.model_config = model_config
-        self.config = config
+        self.algo = algo
+        self.optim = optim
+        self.temperature = float(temperature)
         self.mesh = mesh
-        self.optimizer = make_optimizer(config.optim)
-        self.schedule = make_schedule(config.optim)
+        self.optimizer = make_optimizer(optim)
+        self.schedule = make_schedule(optim)
         self.compute_dtype = jnp.dtype(getattr(model_config, "dtype", "float32"))
         self._state_shardings: Any = None
         self._train_step: Callable | None = None
@@ -390,10 +415,10 @@ class Learner:
 
     # ------------------------------------------------------------------ loss
     def _forward(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
-        cfg = self.config
+        cfg = self.algo
         return token_logprobs(
             self.graphdef, params, batch, vocab_chunk=cfg.vocab_chunk,
-            temperature=cfg.temperature, compute_entropy=cfg.compute_entropy,
+            temperature=self.temperature, compute_entropy=cfg.compute_entropy,
             entropy_grad=cfg.loss.entropy_coef > 0,
         )
 
@@ -403,8 +428,8 @@ class Learner:
         if old is None:
             old = jax.lax.stop_gradient(lp)
         terms = losses_lib.policy_loss_terms(
-            lp, old, mb["advantages"], mb["loss_mask"], self.config.loss,
-            ref_logprobs=mb.get("ref_logprobs") if self.config.loss.kl_coef > 0 else None,
+            lp, old, mb["advantages"], mb["loss_mask"], self.algo.loss,
+            ref_logprobs=mb.get("ref_logprobs") if self.algo.loss.kl_coef > 0 else None,
             entropy=ent, sample_logprobs=mb.get("sample_logprobs"),
         )
         return terms.numerator / denom, terms
@@ -414,7 +439,7 @@ class Learner:
 
         Pure function of ``params`` and ``batch`` (traceable; used inside the step).
         """
-        cfg = self.config
+        cfg = self.algo
         bsz = batch["tokens"].shape[0]
         mbs = cfg.micro_batch_size or bsz
         if bsz % mbs:
@@ -505,7 +530,7 @@ class Learner:
         return self._train_step
 
     def _logprobs(self, params: Any, batch: Batch) -> dict:
-        cfg = self.config
+        cfg = self.algo
         bsz = batch["tokens"].shape[0]
         mbs = cfg.micro_batch_size or bsz
         num_micro = bsz // mbs if bsz % mbs == 0 else 1

@@ -54,10 +54,18 @@ PARSE_ERROR = "parse_error"
 # ----------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RolloutConfig:
-    """Engine settings.
+    """Rollout settings: the engine's own, and how the trainer draws prompts (the YAML
+    ``rollout:`` section).
 
     Attributes:
-      num_slots: rows decoded together (the sampler batch ``B``).
+      strategy: the rollout strategy (``toolrl_jax.train.strategies``): ``groups`` samples
+        ``samples_per_prompt`` trajectories of each of ``prompts_per_step`` prompts.
+      prompts_per_step: prompts (groups) per training step.
+      samples_per_prompt: trajectories per prompt (the GRPO group size).
+      eval_max_new_tokens: ``max_new_tokens`` of evaluation (None: the same as training).
+      num_slots: rows decoded together (the sampler batch ``B``); the trainer uses at most
+        this many and no more than it has rows.
+      max_total_len: (0 = derived by the trainer from the longest prompt and the turn limits).
       max_new_tokens: most tokens one turn may generate.
       max_total_len: most tokens in a trajectory (prompt + turns + observations).
       max_turns: most generated turns (1 = single-turn, tools never run).
@@ -82,6 +90,10 @@ class RolloutConfig:
         float rounding.
     """
 
+    strategy: str = "groups"
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    eval_max_new_tokens: int | None = None
     num_slots: int = 16
     max_new_tokens: int = 512
     max_total_len: int = 2048
@@ -102,9 +114,10 @@ class RolloutConfig:
 
     def __post_init__(self):
         for name in (
+            "prompts_per_step",
+            "samples_per_prompt",
             "num_slots",
             "max_new_tokens",
-            "max_total_len",
             "max_turns",
             "max_obs_tokens",
             "chunk_steps",
@@ -112,8 +125,12 @@ class RolloutConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_total_len < 2:
-            raise ConfigError("rollout.max_total_len must be >= 2")
+        if self.max_total_len != 0 and self.max_total_len < 2:
+            raise ConfigError("rollout.max_total_len must be >= 2 (or 0: derived)")
+        if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
+            raise ConfigError(
+                f"rollout.eval_max_new_tokens must be >= 1 or null, got {self.eval_max_new_tokens}"
+            )
         if self.observation_format not in OBSERVATION_FORMATS:
             raise ConfigError(
                 f"rollout.observation_format={self.observation_format!r}: use one of "

@@ -188,3 +188,35 @@ class Trajectory:
             "loss_mask": self.loss_mask,
             "sample_logprobs": self.sample_logprobs,
         }
+
+
+def concat_trajectories(parts: Sequence[Trajectory], *, pad_id: int = 0) -> Trajectory:
+    """Rows of ``parts`` stacked in order (per-token arrays right-padded to the widest;
+    per-turn arrays to the most turns). ``stats`` holds the parts' ``stats`` as a list."""
+    width = max(p.tokens.shape[1] for p in parts)
+    turns = max(p.turn_starts.shape[1] for p in parts)
+    parts = [p.pad_to(width, pad_id=pad_id) for p in parts]
+
+    def turn_pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, turns - a.shape[1])), constant_values=-1)
+
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return Trajectory(
+        tokens=cat("tokens"), loss_mask=cat("loss_mask"), sample_logprobs=cat("sample_logprobs"),
+        prompt_lengths=cat("prompt_lengths"), lengths=cat("lengths"), group_ids=cat("group_ids"),
+        uids=cat("uids"), num_turns=cat("num_turns"),
+        turn_starts=np.concatenate([turn_pad(p.turn_starts) for p in parts]),
+        turn_ends=np.concatenate([turn_pad(p.turn_ends) for p in parts]),
+        num_tool_calls=cat("num_tool_calls"), stop_reasons=cat("stop_reasons"),
+        tool_calls=[c for p in parts for c in p.tool_calls],
+        stats={"rounds": [p.stats for p in parts]},
+    )
+
+
+def take_rows(traj: Trajectory, rows: Sequence[int]) -> Trajectory:
+    """The trajectories ``rows`` (in that order) of ``traj``."""
+    idx = np.asarray(rows, np.int64)
+    per_row = {f.name: getattr(traj, f.name)[idx] for f in dataclasses.fields(traj)
+               if f.name not in ("tool_calls", "stats")}
+    return Trajectory(**per_row, tool_calls=[traj.tool_calls[i] for i in idx],
+                      stats=dict(traj.stats))

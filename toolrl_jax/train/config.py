@@ -1,125 +1,154 @@
-"""The training config: one tree of frozen dataclasses, loaded from YAML (see ``configs/``).
+"""The training config: one tree whose sections are the components' own configs.
 
 ``toolrl-jax train --config configs/X.yaml key.sub=value ...`` builds a :class:`TrainConfig`
-with :func:`toolrl_jax.config_io.load_config`; unknown keys are errors naming the closest valid
-key, and every run writes its resolved config to ``RUN_DIR/resolved_config.yaml``.
+with :func:`toolrl_jax.config_io.load_config`. Each section is the config class of the component
+that uses it (no second layer, no renames): ``rollout`` is the engine's
+:class:`~toolrl_jax.rollout.engine.RolloutConfig`, ``algo`` the learner's
+:class:`~toolrl_jax.rl.train_step.AlgoConfig`, ``optim`` its
+:class:`~toolrl_jax.rl.train_step.OptimConfig`, and so on; each validates itself. Values that
+depend on several sections (total optimizer steps, cache lengths, slot counts) are derived in one
+place, :func:`resolve`. Unknown keys are errors naming the closest valid key; every run writes
+its resolved config to ``RUN_DIR/resolved_config.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+import math
+from typing import Literal
+
+from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.sharding import MeshConfig
+from toolrl_jax.rl.train_step import AlgoConfig, OptimConfig
+from toolrl_jax.rollout.engine import RolloutConfig
+from toolrl_jax.train.environments import EnvironmentConfig
+from toolrl_jax.train.rewards import RewardConfig
+from toolrl_jax.train.sft import SFTConfig
+from toolrl_jax.train.sources import DataConfig
 
 _field = dataclasses.field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelSection:
-    name: str = "smollm2-135m"  # alias, local dir, .gguf file or HF hub id
+class ModelSpec:
+    """The YAML ``model:`` section: which weights to load and in which dtypes.
+
+    Attributes:
+      name: a built-in alias, a local HF directory, a ``.gguf`` file or an HF hub id.
+      param_dtype: dtype of the stored (master) parameters.
+      dtype: compute dtype.
+    """
+
+    name: str = "smollm2-135m"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MeshSection:
-    data: int = -1
-    fsdp: int = 1
-    tp: int = 1
+class RunConfig:
+    """The YAML ``train:`` section: the run itself.
 
+    Attributes:
+      steps: RL steps (one rollout batch each).
+      seed: seed of rollouts, the learner and SFT.
+      out_dir: run directory (metrics, checkpoints, plots, summary).
+      eval_every: held-out evaluation period in steps (0 = only before and after).
+      eval_limit: held-out tasks per evaluation (0 = all).
+      checkpoint_every: checkpoint period in steps.
+      keep_checkpoints: newest checkpoints kept.
+      resume: continue from the newest checkpoint in ``out_dir`` (false: start over).
+      plot: write PNG plots at the end.
+    """
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DataSection:
-    source: Literal["generated", "toolrl_json", "toolrl_parquet", "apibank", "bfcl",
-                    "bfcl_multi_turn"] = "generated"
-    path: Optional[str] = None  # file (toolrl_*, apibank) or BFCL category (bfcl, bfcl_multi_turn)
-    num_train: int = 256  # generated tasks (ignored for files)
-    num_eval: int = 32  # held-out tasks for before/after evaluation
-    seed: int = 0
-    max_prompt_tokens: int = 1024  # longer prompts are skipped and counted
-    prompt_style: Literal["toolrl", "compact"] = "toolrl"  # system prompt of generated tasks
-    min_tools: int = 2  # generated tasks: tools listed per prompt (needed ones + distractors)
-    max_tools: int = 4
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RolloutSection:
-    mode: Literal["single_turn", "multi_turn"] = "single_turn"
-    prompts_per_step: int = 512
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_turns: int = 4  # multi_turn only
-    max_observation_tokens: int = 512
-    eval_max_new_tokens: Optional[int] = None  # default: max_new_tokens
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RewardSection:
-    variant: str = "original"
-    matching: Literal["greedy", "optimal"] = "optimal"
-    compat: Optional[Literal["toolrl"]] = None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AlgoSection:
-    advantage: Literal["grpo", "dr_grpo", "rloo", "batch_norm"] = "grpo"
-    std_ddof: int = 1  # released ToolRL/verl: n-1
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    dual_clip: Optional[float] = None
-    entropy_coef: float = 0.001
-    kl_coef: float = 0.0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    ppo_minibatches: int = 4  # optimizer steps per rollout batch
-    micro_batch_size: int = 8  # rows per micro-batch inside one optimizer step
-    filter_equal_groups: bool = False  # DAPO dynamic sampling: drop all-equal groups
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class OptimSection:
-    lr: float = 1e-6
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    b1: float = 0.9
-    b2: float = 0.999
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SFTSection:
-    steps: int = 0  # 0 = no warm start
-    batch_size: int = 8
-    lr: float = 1e-5
-    source: Literal["generated", "toolrl_json"] = "generated"
-    path: Optional[str] = None
-    max_tokens: int = 2048
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainSection:
     steps: int = 105
     seed: int = 0
     out_dir: str = "runs/default"
-    eval_every: int = 0  # 0 = only before and after
-    eval_limit: int = 0  # 0 = all held-out tasks
+    eval_every: int = 0
+    eval_limit: int = 0
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
     resume: bool = True
     plot: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "eval_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    model: ModelSection = _field(default_factory=ModelSection)
-    mesh: MeshSection = _field(default_factory=MeshSection)
-    data: DataSection = _field(default_factory=DataSection)
-    rollout: RolloutSection = _field(default_factory=RolloutSection)
-    reward: RewardSection = _field(default_factory=RewardSection)
-    algo: AlgoSection = _field(default_factory=AlgoSection)
-    optim: OptimSection = _field(default_factory=OptimSection)
-    sft: SFTSection = _field(default_factory=SFTSection)
-    train: TrainSection = _field(default_factory=TrainSection)
+    """The whole run: ``model, mesh, data, env, rollout, reward, algo, optim, sft, train``."""
+
+    model: ModelSpec = _field(default_factory=ModelSpec)
+    mesh: MeshConfig = _field(default_factory=MeshConfig)
+    data: DataConfig = _field(default_factory=DataConfig)
+    env: EnvironmentConfig = _field(default_factory=EnvironmentConfig)
+    rollout: RolloutConfig = _field(default_factory=RolloutConfig)
+    reward: RewardConfig = _field(default_factory=RewardConfig)
+    algo: AlgoConfig = _field(default_factory=AlgoConfig)
+    optim: OptimConfig = _field(default_factory=OptimConfig)
+    sft: SFTConfig = _field(default_factory=SFTConfig)
+    train: RunConfig = _field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_batch_geometry(self)
+        if self.rollout.max_turns > 1 and not self.env.multi_turn:
+            raise ConfigError(f"rollout.max_turns={self.rollout.max_turns} needs tools: set env.name "
+                              "(e.g. env.name=generated_tools), or rollout.max_turns=1")
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.rollout.prompts_per_step * self.rollout.samples_per_prompt
+
+
+def check_batch_geometry(cfg: TrainConfig) -> None:
+    """Fails fast (before anything loads) when the batch does not split as configured."""
+    a = cfg.algo
+    rows = cfg.rows_per_step
+    if rows % a.ppo_minibatches:
+        raise ConfigError(f"algo.ppo_minibatches={a.ppo_minibatches} must divide "
+                          f"rollout.prompts_per_step*samples_per_prompt={rows}")
+    mini = rows // a.ppo_minibatches
+    if a.micro_batch_size is not None and mini % a.micro_batch_size:
+        raise ConfigError(f"algo.micro_batch_size={a.micro_batch_size} must divide the PPO "
+                          f"mini-batch of {mini} rows (rows / algo.ppo_minibatches)")
+
+
+def bucket(n: int, multiple: int = 64) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (at least one multiple)."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def resolve(cfg: TrainConfig, *, longest_prompt: int) -> TrainConfig:
+    """The config with every derived value filled in (the one place that derives them).
+
+    * ``optim.total_steps`` (0): RL steps x PPO mini-batches (the optimizer steps of the run);
+    * ``rollout.max_total_len`` (0): the longest prompt plus every turn's tokens and
+      observations, rounded up to a multiple of 64 (one compiled shape per run);
+    * ``rollout.num_slots``: at most the rows of one step.
+    """
+    r = cfg.rollout
+    total_steps = cfg.optim.total_steps or max(cfg.train.steps * cfg.algo.ppo_minibatches,
+                                               cfg.optim.warmup_steps + 1)
+    obs = r.max_obs_tokens if r.max_turns > 1 else 0
+    longest_turns = max(r.max_new_tokens, r.eval_max_new_tokens or 0)
+    total_len = r.max_total_len or bucket(longest_prompt + r.max_turns * longest_turns
+                                          + (r.max_turns - 1) * obs)
+    rollout = dataclasses.replace(r, max_total_len=total_len,
+                                  num_slots=max(1, min(r.num_slots, cfg.rows_per_step)))
+    optim = dataclasses.replace(cfg.optim, total_steps=int(total_steps))
+    return dataclasses.replace(cfg, rollout=rollout, optim=optim)
+
+
+def sft_optim(cfg: TrainConfig) -> OptimConfig:
+    """The SFT optimizer: ``optim:`` with ``sft.learning_rate`` over ``sft.steps`` steps."""
+    return dataclasses.replace(cfg.optim, learning_rate=cfg.sft.learning_rate,
+                               total_steps=max(cfg.sft.steps, cfg.optim.warmup_steps + 1))
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

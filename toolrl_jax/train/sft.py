@@ -10,14 +10,50 @@ SFT checkpoint feeds ``train`` directly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import dataclasses
+from typing import Any, Literal, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl.train_step import OptimConfig, TrainState, make_optimizer, token_logprobs
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """The YAML ``sft:`` section: an optional supervised warm start before RL.
+
+    Attributes:
+      steps: optimizer steps (0 = no warm start).
+      batch_size: examples per step.
+      learning_rate: peak learning rate (the rest of the optimizer is ``optim:``).
+      source: ``generated`` (the run's training tasks with their ground truths) or
+        ``toolrl_json`` (ToolRL's SFT file at ``path``).
+      path: the SFT file for ``toolrl_json``.
+      max_tokens: longer examples are skipped.
+    """
+
+    steps: int = 0
+    batch_size: int = 8
+    learning_rate: float = 1e-5
+    source: Literal["generated", "toolrl_json"] = "generated"
+    path: str | None = None
+    max_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"sft.steps: must be >= 0, got {self.steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"sft.batch_size: must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"sft.learning_rate: must be > 0, got {self.learning_rate}")
+        if self.max_tokens < 2:
+            raise ConfigError(f"sft.max_tokens: must be >= 2, got {self.max_tokens}")
+        if self.source == "toolrl_json" and self.steps and not self.path:
+            raise ConfigError("sft.path: required for sft.source=toolrl_json")
 
 
 def sft_example(tokenizer, template, messages: Sequence[Mapping[str, Any]], answer: str

@@ -1,274 +1,210 @@
-"""The GRPO training loop (imperative shell around the pure, jitted pieces).
+"""The RL trainer: a short loop over typed stages, with hooks around it.
 
 One step, as data::
 
-    tasks[step]  (a pure function of (seed, step): resumes exactly)
-      -> prompt ids (chat template as token ids)          repeated `samples_per_prompt` times
-      -> RolloutEngine.run   jitted KV-cache sampler; multi-turn mode runs tools, appends
-                             observation ids with loss mask 0, refills finished slots
-      -> Trajectory          tokens, loss_mask, sample_logprobs, group_ids (numpy)
-      -> reward              completion text parsed once on the host, jitted ToolRL reward
-      -> advantages          jitted, per group (GRPO / Dr. GRPO / RLOO / batch-normalised)
-      -> Learner.ppo_update  `ppo_minibatches` optimizer steps reusing the old log-probs
-      -> metrics.jsonl, checkpoint (Orbax; async; SIGTERM-safe)
+    collect     rollout strategy (``rollout.strategy``) on the step's prompts (a pure function of
+                (seed, step, round): resumes exactly) -> Trajectory rows with their tasks;
+                scored by the weighted reward components (``reward.components``); with
+                ``algo.dynamic_sampling`` constant groups are dropped and more prompts sampled
+    advantages  jitted estimator (``algo.advantage.estimator``) over the groups -> TrainBatch
+    log-probs   old log-probs (PPO mini-batches) and reference log-probs (KL), once per batch
+    update      ``algo.ppo_minibatches`` optimizer steps (Learner.ppo_update)
 
-Evaluation (before training, every ``eval_every`` steps and after) decodes the held-out tasks
-greedily and reports the mean ToolRL reward, its components and exact-match accuracy.
+then the hooks (``toolrl_jax.train.hooks``): non-finite guard, metrics, held-out evaluation,
+checkpoint (Orbax; async; SIGTERM-safe), plots. Every component is chosen by name from a
+registry, so a new method is a new entry, not a branch here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import pathlib
+import shutil
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
+from toolrl_jax.chat import detect_template, load_tokenizer
 from toolrl_jax.config_io import save_config
+from toolrl_jax.data import load_toolrl
+from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import ConfigError, DataError
-from toolrl_jax.train.config import TrainConfig
+from toolrl_jax.eval.toolrl import exact_match
+from toolrl_jax.models.registry import load_model
+from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh
+from toolrl_jax.rl.advantages import compute_advantages
+from toolrl_jax.rl.train_step import Learner, TrainState, split_model
+from toolrl_jax.rollout.engine import RolloutEngine, RolloutRequest
+from toolrl_jax.rollout.sampling import SamplingConfig
+from toolrl_jax.rollout.trajectory import Trajectory
+from toolrl_jax.rollout.turns import Environment
+from toolrl_jax.train import hooks as hooks_lib
+from toolrl_jax.train.batch import Collected, TrainBatch, informative_groups, select_groups
+from toolrl_jax.train.checkpoint import Checkpointer
+from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
+from toolrl_jax.train.environments import ENVIRONMENTS
+from toolrl_jax.train.metrics import MetricsLogger
+from toolrl_jax.train.rewards import RewardContext, Scores, score
+from toolrl_jax.train.sft import SFTLearner, pad_examples, sft_example
+from toolrl_jax.train.sources import DATA_SOURCES
+from toolrl_jax.train.strategies import ROLLOUT_STRATEGIES, PromptDraw, RolloutBatch, draw_prompts
 
 Log = Callable[[str], None]
+ROLLOUT_STATS = (("decode_s", "time_rollout_decode"), ("extend_s", "time_rollout_prefill"),
+                 ("wait_s", "time_tools_wait"), ("slot_utilisation", "rollout_slot_utilisation"),
+                 ("tokens_per_s", "rollout_tokens_per_s"))
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------- data
-def load_tasks(cfg: TrainConfig) -> tuple[list, list, dict]:
-    """``(train_tasks, heldout_tasks, summary)`` for ``cfg.data``."""
-    d = cfg.data
-    if d.source == "generated":
-        from toolrl_jax.data.generated import train_heldout_split
-
-        train, held = train_heldout_split(d.num_train, d.num_eval, seed=d.seed,
-                                          prompt_style=d.prompt_style, min_tools=d.min_tools,
-                                          max_tools=d.max_tools)
-        return list(train), list(held), {"source": "generated", "train": len(train),
-                                          "heldout": len(held), "skipped": 0}
-    if d.path is None and d.source != "bfcl_multi_turn":
-        raise ConfigError(f"data.path: required for data.source={d.source!r}")
-    if d.source in ("toolrl_json", "toolrl_parquet"):
-        from toolrl_jax.data import load_toolrl
-
-        loaded = load_toolrl(d.path)
-    elif d.source == "apibank":
-        from toolrl_jax.data import load_apibank
-
-        loaded = load_apibank(d.path)
-    elif d.source == "bfcl":
-        from toolrl_jax.data import load_bfcl
-
-        loaded = load_bfcl(d.path)
-    elif d.source == "bfcl_multi_turn":  # data.path = a BFCL multi-turn category
-        from toolrl_jax.tools.bfcl_env import bfcl_training_tasks
-
-        loaded = bfcl_training_tasks(d.path or "multi_turn_base")
-    else:  # pragma: no cover - rejected by the config type
-        raise ConfigError(f"data.source: unknown {d.source!r}")
-    tasks = list(loaded)
-    if len(tasks) <= d.num_eval:
-        raise DataError(f"{d.path}: {len(tasks)} usable records, need more than data.num_eval="
-                        f"{d.num_eval}")
-    rng = np.random.default_rng(d.seed)
-    order = rng.permutation(len(tasks))
-    held = [tasks[i] for i in order[: d.num_eval]]
-    train = [tasks[i] for i in order[d.num_eval:]]
-    summary = {"source": d.source, "train": len(train), "heldout": len(held),
-               "skipped": int(getattr(loaded, "skipped", 0))}
-    return train, held, summary
+def _copy(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
-def step_task_indices(num_tasks: int, prompts_per_step: int, step: int, seed: int) -> np.ndarray:
-    """Task indices of ``step`` (0-based): epoch-wise permutations, a pure function of the step.
+class StageTimer:
+    """``with timer("update"): ...`` records seconds per stage as ``time_<stage>``."""
 
-    The data position after step ``s`` is just ``s``, so resuming needs no iterator state.
-    """
-    start = step * prompts_per_step
-    out = []
-    while len(out) < prompts_per_step:
-        epoch, offset = divmod(start + len(out), num_tasks)
-        perm = np.random.default_rng([seed, epoch]).permutation(num_tasks)
-        take = min(prompts_per_step - len(out), num_tasks - offset)
-        out.extend(perm[offset: offset + take].tolist())
-    return np.asarray(out, np.int64)
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time_{stage}"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.seconds, "time_step": time.perf_counter() - self.start}
 
 
-def _bucket(n: int, multiple: int = 64) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+    """Tasks with their prompt ids (the chat template rendered as token ids)."""
+
+    tasks: list[ToolTask]
+    prompts: list[list[int]]
+    skipped: int = 0
 
 
-# ----------------------------------------------------------------------------- trainer
 class Trainer:
-    """Builds every component from a :class:`TrainConfig` and runs SFT / GRPO / evaluation."""
+    """Builds every component from a :class:`TrainConfig` and runs SFT / RL / evaluation."""
 
     def __init__(self, cfg: TrainConfig, *, log: Log = _stderr):
-        from toolrl_jax.chat import detect_template, load_tokenizer
-        from toolrl_jax.models.registry import load_model
-        from toolrl_jax.models.sharding import initialize_distributed_if_needed
-
-        self.cfg = cfg
         self.log = log
         self.run_dir = pathlib.Path(cfg.train.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "resolved_config.yaml")
         initialize_distributed_if_needed()
-        self.mesh = self._make_mesh()
-
+        self.mesh = make_mesh(cfg.mesh) if jax.device_count() > 1 else None
         t0 = time.perf_counter()
         loaded = load_model(cfg.model.name, param_dtype=cfg.model.param_dtype,
                             dtype=cfg.model.dtype, mesh=self.mesh)
-        self.model = loaded.model
-        self.model_config = loaded.config
+        self.model, self.model_config = loaded.model, loaded.config
         self.tokenizer = load_tokenizer(loaded.source.tokenizer_source)
         self.template = detect_template(self.tokenizer)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         log(f"model {cfg.model.name}: {self._num_params() / 1e6:.1f}M parameters, "
             f"loaded in {time.perf_counter() - t0:.1f}s on {jax.devices()[0].platform}")
-
-        self.train_tasks, self.heldout_tasks, summary = load_tasks(cfg)
-        self.train_prompts, skipped = self._prompt_ids(self.train_tasks)
-        self.heldout_prompts, _ = self._prompt_ids(self.heldout_tasks)
-        keep = [i for i, p in enumerate(self.train_prompts) if p is not None]
-        self.train_tasks = [self.train_tasks[i] for i in keep]
-        self.train_prompts = [self.train_prompts[i] for i in keep]
-        keep_h = [i for i, p in enumerate(self.heldout_prompts) if p is not None]
-        self.heldout_tasks = [self.heldout_tasks[i] for i in keep_h]
-        self.heldout_prompts = [self.heldout_prompts[i] for i in keep_h]
-        if not self.train_tasks:
+        split = DATA_SOURCES.get(cfg.data.source)(cfg.data)
+        self.train_set = self._prompt_set(split.train, cfg.data.max_prompt_tokens)
+        self.heldout_set = self._prompt_set(split.heldout, cfg.data.max_prompt_tokens)
+        if not self.train_set.tasks:
             raise DataError("no training task fits data.max_prompt_tokens; raise it")
-        summary["skipped_too_long"] = skipped
-        log(f"data: {json.dumps(summary)}")
-
-        self._check_batch_geometry()
-        self._reward_config = self._make_reward_config()
-        r = cfg.rollout
-        turns = r.max_turns if r.mode == "multi_turn" else 1
-        obs = r.max_observation_tokens if r.mode == "multi_turn" else 0
-        self._train_len = _bucket(max(len(p) for p in self.train_prompts)
-                                  + turns * r.max_new_tokens + (turns - 1) * obs)
-        self._learner = None
-        self._engines: dict[str, Any] = {}
+        log(f"data: {json.dumps({**split.summary(cfg.data.source), 'skipped_too_long': self.train_set.skipped})}")
+        longest = max(len(p) for p in self.train_set.prompts + self.heldout_set.prompts)
+        self.cfg = resolve(cfg, longest_prompt=longest)
+        save_config(self.cfg, self.run_dir / "resolved_config.yaml")
+        self._check_reward_capacity()
+        self.environment = ENVIRONMENTS.get(cfg.env.name)(
+            cfg.env, self.train_set.tasks + self.heldout_set.tasks)
+        self.strategy = ROLLOUT_STRATEGIES.get(cfg.rollout.strategy)
+        self._engines: dict[str, RolloutEngine] = {}
+        self._initial_params: Any = None
 
     # ------------------------------------------------------------------ building blocks
-    def _check_batch_geometry(self) -> None:
-        """Fails fast (before any compile) when the batch does not split as configured."""
-        r, a = self.cfg.rollout, self.cfg.algo
-        rows = r.prompts_per_step * r.samples_per_prompt
-        if a.ppo_minibatches < 1 or rows % a.ppo_minibatches:
-            raise ConfigError(f"algo.ppo_minibatches={a.ppo_minibatches} must divide "
-                              f"rollout.prompts_per_step*samples_per_prompt={rows}")
-        mini = rows // a.ppo_minibatches
-        if a.micro_batch_size < 1 or mini % a.micro_batch_size:
-            raise ConfigError(f"algo.micro_batch_size={a.micro_batch_size} must divide the PPO "
-                              f"mini-batch of {mini} rows (rows / algo.ppo_minibatches)")
+    @property
+    def train_tasks(self) -> list[ToolTask]:
+        return self.train_set.tasks
 
-    def _make_mesh(self):
-        from toolrl_jax.models.sharding import MeshConfig, make_mesh
+    @property
+    def train_prompts(self) -> list[list[int]]:
+        return self.train_set.prompts
 
-        if jax.device_count() == 1:
-            return None
-        m = self.cfg.mesh
-        return make_mesh(MeshConfig(data=m.data, fsdp=m.fsdp, tp=m.tp))
+    @property
+    def heldout_tasks(self) -> list[ToolTask]:
+        return self.heldout_set.tasks
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.cfg.rollout.samples_per_prompt
 
     def _num_params(self) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(self.model, nnx.Param)))
 
-    def _prompt_ids(self, tasks) -> tuple[list, int]:
-        limit = self.cfg.data.max_prompt_tokens
-        out, skipped = [], 0
+    def _prompt_set(self, tasks: Sequence[ToolTask], limit: int) -> PromptSet:
+        """Prompt ids of ``tasks``; prompts over ``limit`` tokens are skipped and counted."""
+        kept, prompts, skipped = [], [], 0
         for t in tasks:
-            ids = self.template.render_prompt(self.tokenizer, t.messages, add_generation_prompt=True)
+            ids = list(self.template.render_prompt(self.tokenizer, t.messages,
+                                                   add_generation_prompt=True))
             if len(ids) > limit:
-                out.append(None)
                 skipped += 1
-            else:
-                out.append(list(ids))
-        return out, skipped
+                continue
+            kept.append(t)
+            prompts.append(ids)
+        return PromptSet(kept, prompts, skipped)
 
-    def _make_reward_config(self):
-        from toolrl_jax.rewards.config import ToolRLRewardConfig
+    def _check_reward_capacity(self) -> None:
+        """The ToolRL reward's static shapes must hold every ground truth (fail at load)."""
+        if "toolrl" not in self.cfg.reward.active:
+            return
+        r = self.cfg.reward.toolrl
+        tasks = self.train_set.tasks + self.heldout_set.tasks
+        calls = max((len(t.ground_truth_calls) for t in tasks), default=0)
+        args = max((len(c.get("arguments") or {}) for t in tasks for c in t.ground_truth_calls),
+                   default=0)
+        if calls > r.max_calls or args > r.max_args:
+            raise ConfigError(
+                f"reward.toolrl.max_calls={r.max_calls} / max_args={r.max_args} are too small for "
+                f"the data (a ground truth has {calls} calls / {args} arguments); raise them")
 
-        r = self.cfg.reward
-        if r.compat == "toolrl":
-            return ToolRLRewardConfig.compat_toolrl(variant=r.variant)
-        return ToolRLRewardConfig(variant=r.variant, matching=r.matching,
-                                  total_steps=max(self.cfg.train.steps, 1))
+    @functools.cached_property
+    def learner(self) -> Learner:
+        graphdef, _ = split_model(self.model)
+        temperature = self.cfg.rollout.sampling.temperature
+        return Learner(graphdef, self.model_config, self.cfg.algo, self.cfg.optim,
+                       temperature=temperature if temperature > 0 else 1.0, mesh=self.mesh)
 
-    def _optim_config(self, lr: float, total_steps: int):
-        from toolrl_jax.rl.train_step import OptimConfig
-
-        o = self.cfg.optim
-        return OptimConfig(learning_rate=lr, schedule=o.schedule, warmup_steps=o.warmup_steps,
-                           total_steps=max(total_steps, o.warmup_steps + 1),
-                           weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip,
-                           b1=o.b1, b2=o.b2)
-
-    @property
-    def learner(self):
-        if self._learner is None:
-            from toolrl_jax.rl.losses import LossConfig
-            from toolrl_jax.rl.train_step import GRPOConfig, Learner, split_model
-
-            a, r = self.cfg.algo, self.cfg.rollout
-            loss = LossConfig(clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
-                              dual_clip_c=a.dual_clip, kl_coef=a.kl_coef,
-                              kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
-                              aggregation=a.loss_agg)
-            total = self.cfg.train.steps * a.ppo_minibatches
-            grpo = GRPOConfig(loss=loss, optim=self._optim_config(self.cfg.optim.lr, total),
-                              micro_batch_size=a.micro_batch_size,
-                              temperature=r.temperature if r.temperature > 0 else 1.0)
-            graphdef, _ = split_model(self.model)
-            self._learner = Learner(graphdef, self.model_config, grpo, mesh=self.mesh)
-        return self._learner
-
-    def engine(self, kind: str):
+    def engine(self, kind: str) -> RolloutEngine:
         """The rollout engine for ``'train'`` (sampling) or ``'eval'`` (greedy)."""
         if kind not in self._engines:
-            from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine
-            from toolrl_jax.rollout.sampling import SamplingConfig
-
-            r = self.cfg.rollout
-            longest = max(len(p) for p in self.train_prompts + self.heldout_prompts)
-            if kind == "train":
-                sampling = SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
-                max_new = r.max_new_tokens
-                slots = min(r.prompts_per_step * r.samples_per_prompt, 64)
-            else:
-                sampling = SamplingConfig(temperature=0.0)
-                max_new = r.eval_max_new_tokens or r.max_new_tokens
-                slots = min(len(self.heldout_prompts), 64)
-            multi = r.mode == "multi_turn"
-            turns = r.max_turns if multi else 1
-            total = _bucket(longest + turns * (max_new + (r.max_observation_tokens if multi else 0)))
-            rc = RolloutConfig(num_slots=max(slots, 1), max_new_tokens=max_new,
-                               max_total_len=total, max_turns=turns,
-                               max_obs_tokens=r.max_observation_tokens, sampling=sampling,
-                               seed=self.cfg.train.seed, observation_format="toolrl",
-                               tool_call_syntax="toolrl")
-            executor = None
-            if multi:
-                from toolrl_jax.tools.executor import ToolExecutor
-
-                if self.cfg.data.source == "bfcl_multi_turn":
-                    from toolrl_jax.tools.bfcl_env import BFCLEnvironment
-
-                    env = BFCLEnvironment.for_tasks(self.train_tasks + self.heldout_tasks)
-                    executor = ToolExecutor(environment=env)
-                else:
-                    from toolrl_jax.data.generated import GENERATED_TOOLS
-
-                    executor = ToolExecutor(list(GENERATED_TOOLS.values()))
-            self._engines[kind] = RolloutEngine(self.model, rc, tokenizer=self.tokenizer,
-                                                template=self.template, executor=executor)
+            self._engines[kind] = self._make_engine(kind)
         return self._engines[kind]
+
+    def _make_engine(self, kind: str) -> RolloutEngine:
+        r = self.cfg.rollout
+        if kind == "train":
+            rc = dataclasses.replace(r, seed=self.cfg.train.seed)
+        else:
+            slots = max(1, min(len(self.heldout_set.prompts), r.num_slots))
+            rc = dataclasses.replace(r, sampling=SamplingConfig(temperature=0.0), num_slots=slots,
+                                     max_new_tokens=r.eval_max_new_tokens or r.max_new_tokens)
+        return build_engine(self.model, rc, self.environment, self.tokenizer, self.template)
 
     def _set_policy(self, params: Any) -> None:
         """Copies the learner's params (pure dict) into the model and the rollout engines."""
@@ -279,270 +215,261 @@ class Trainer:
         for eng in self._engines.values():
             eng.set_params(full)
 
-    def _rollout(self, kind: str, prompts: Sequence[Sequence[int]], group_ids: Sequence[int],
-                 seed: int, tasks: Sequence[Any] | None = None):
-        from toolrl_jax.rollout.engine import RolloutRequest
-
-        tasks = list(tasks) if tasks is not None else [None] * len(prompts)
+    def rollout(self, prompts: Sequence[Sequence[int]], group_ids: Sequence[int],
+                tasks: Sequence[ToolTask], *, seed: int, kind: str = "train") -> Trajectory:
         reqs = [RolloutRequest(prompt_ids=list(p), group_id=int(g), task=t)
                 for p, g, t in zip(prompts, group_ids, tasks)]
         return self.engine(kind).run(reqs, seed=int(seed))
 
-    def _texts(self, traj) -> list[str]:
-        """Text the reward scores: the first assistant turn (ToolRL's rule; in single-turn mode
-        that is the whole completion). Decoded for scoring only, never fed back as ids."""
-        if self.cfg.rollout.mode == "multi_turn":
-            return [self.tokenizer.decode(traj.turn_ids(i, 0).tolist(), skip_special_tokens=True)
-                    for i in range(traj.tokens.shape[0])]
-        return [traj.completion_text(i, self.tokenizer, skip_special_tokens=True)
-                for i in range(traj.tokens.shape[0])]
+    def reward_context(self, batch: RolloutBatch, step: int) -> RewardContext:
+        return RewardContext(trajectory=batch.trajectory, tasks=batch.tasks,
+                             group_ids=batch.group_ids, step=step, tokenizer=self.tokenizer,
+                             config=self.cfg.reward, max_new_tokens=self.cfg.rollout.max_new_tokens)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int = 0, limit: int = 0) -> dict:
-        """Greedy decoding of the held-out tasks; mean reward, components, exact match."""
-        from toolrl_jax.eval.toolrl import exact_match
-        from toolrl_jax.rewards.toolrl import score_texts
-
-        tasks, prompts = self.heldout_tasks, self.heldout_prompts
+        """Greedy decoding of the held-out tasks: mean reward, each component, exact match."""
+        tasks, prompts = self.heldout_set.tasks, self.heldout_set.prompts
         if limit:
             tasks, prompts = tasks[:limit], prompts[:limit]
         t0 = time.perf_counter()
-        traj = self._rollout("eval", prompts, range(len(prompts)), seed=0, tasks=tasks)
-        texts = self._texts(traj)
-        scores = score_texts(texts, [t.ground_truth for t in tasks], step, self._reward_config)
-        em = [exact_match(t, c) for t, c in zip(tasks, texts)]
-        result = {
-            "reward": float(np.mean(scores["total"])),
-            "format": float(np.mean(scores["format"])),
-            "correctness": float(np.mean(scores["correctness"])),
-            "exact_match": float(np.mean(em)),
-            "n": len(tasks),
-            "seconds": time.perf_counter() - t0,
-        }
+        groups = np.arange(len(tasks), dtype=np.int32)
+        traj = self.rollout(prompts, groups, tasks, seed=0, kind="eval")
+        ctx = self.reward_context(RolloutBatch(traj, list(tasks), groups, len(tasks)), step)
+        scores = score(ctx)
+        texts = ctx.first_turn_texts
+        result = scores.metrics()
+        for part in ("format", "correctness"):
+            if f"toolrl_{part}" in scores.parts:
+                result[part] = float(np.mean(scores.parts[f"toolrl_{part}"]))
+        result.update(exact_match=float(np.mean([exact_match(t, c) for t, c in zip(tasks, texts)])),
+                      n=len(tasks), seconds=time.perf_counter() - t0)
         if texts:
             self.log(f"held-out example {tasks[0].id!r} (step {step}): {texts[0][:400]!r}")
         with open(self.run_dir / f"eval_samples_step{step}.jsonl", "w") as f:
-            for t, c, s in zip(tasks, texts, scores["total"]):
+            for t, c, s in zip(tasks, texts, scores.total):
                 f.write(json.dumps({"id": t.id, "completion": c, "reward": float(s)}) + "\n")
         return result
 
     # ------------------------------------------------------------------ SFT
-    def sft(self) -> dict:
-        """Warm start on ground-truth answers of the training tasks (assistant tokens only)."""
-        from toolrl_jax.rl.train_step import split_model
-        from toolrl_jax.train.sft import SFTLearner, pad_examples, sft_example
+    def _sft_examples(self) -> list[tuple[list[int], list[int]]]:
+        s = self.cfg.sft
+        tasks = list(load_toolrl(s.path)) if s.source == "toolrl_json" else self.train_set.tasks
+        examples = [sft_example(self.tokenizer, self.template, t.messages, t.ground_truth)
+                    for t in tasks]
+        examples = [e for e in examples if len(e[0]) <= s.max_tokens]
+        if not examples:
+            raise DataError(f"no SFT example fits sft.max_tokens={s.max_tokens}")
+        return examples
 
+    def sft(self, metrics: MetricsLogger, checkpointer: Checkpointer | None = None) -> dict:
+        """Warm start on ground-truth answers (assistant tokens only); returns the last metrics."""
         s = self.cfg.sft
         if s.steps <= 0:
             return {}
-        if s.source == "toolrl_json":
-            from toolrl_jax.data import load_toolrl
-
-            if not s.path:
-                raise ConfigError("sft.path: required for sft.source=toolrl_json")
-            tasks = list(load_toolrl(s.path))
-        else:
-            tasks = self.train_tasks
-        examples = []
-        for t in tasks:
-            ids, mask = sft_example(self.tokenizer, self.template, t.messages, t.ground_truth)
-            if len(ids) <= s.max_tokens:
-                examples.append((ids, mask))
-        if not examples:
-            raise DataError(f"no SFT example fits sft.max_tokens={s.max_tokens}")
-        length = _bucket(max(len(e[0]) for e in examples))  # one shape: one compile
+        examples = self._sft_examples()
+        length = bucket(max(len(e[0]) for e in examples))  # one shape: one compile
         graphdef, params = split_model(self.model)
-        learner = SFTLearner(graphdef, self._optim_config(s.lr, s.steps))
+        learner = SFTLearner(graphdef, sft_optim(self.cfg), vocab_chunk=self.cfg.algo.vocab_chunk)
         state = learner.init_state(params, seed=self.cfg.train.seed)
         rng = np.random.default_rng(self.cfg.train.seed)
-        from tqdm import tqdm
-
-        last = {}
+        last: dict = {}
         bar = tqdm(range(s.steps), desc="sft", file=sys.stderr, dynamic_ncols=True)
         for step in bar:
             idx = rng.choice(len(examples), size=min(s.batch_size, len(examples)), replace=False)
-            chosen = [examples[i] for i in idx]
-            batch = pad_examples(chosen, length, self.pad_id)
-            state, metrics = learner.step(state, batch)
-            if getattr(self, "_ckpt", None) is not None and self._ckpt.preemption_requested(step):
+            batch = pad_examples([examples[i] for i in idx], length, self.pad_id)
+            state, m = learner.step(state, batch)
+            if checkpointer is not None and checkpointer.preemption_requested(step):
                 self.log("SIGTERM during SFT: stopping (the SFT warm start is not checkpointed)")
                 raise SystemExit(143)
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            last = {k: float(v) for k, v in jax.device_get(m).items()}
             bar.set_postfix(loss=f"{last['sft_loss']:.3f}")
-            self.metrics.log(step + 1, last, kind="sft")
+            metrics.log(step + 1, last, kind="sft")
         self._set_policy(state.params)
         return last
 
-    # ------------------------------------------------------------------ GRPO
-    def _grpo_batch(self, traj, rewards: np.ndarray) -> tuple[dict, dict]:
-        from toolrl_jax.rl.advantages import AdvantageConfig, compute_advantages
+    # ------------------------------------------------------------------ RL stages
+    def rollout_seed(self, step: int, round_index: int = 0) -> int:
+        return self.cfg.train.seed * 1_000_003 + step + round_index * 100_000_007
 
+    def collect(self, step: int) -> Collected:
+        """Rollouts of ``step``, scored; with dynamic sampling, rounds until the batch has
+        ``prompts_per_step`` informative groups (at most ``algo.max_sampling_rounds``)."""
+        r, a = self.cfg.rollout, self.cfg.algo
+        rounds: list[tuple[RolloutBatch, Scores]] = []
+        found = 0
+        for k in range(a.max_sampling_rounds if a.dynamic_sampling else 1):
+            idx = draw_prompts(len(self.train_set.tasks), r.prompts_per_step, step,
+                               self.cfg.data.seed, k)
+            batch = self.strategy(self, PromptDraw(idx, self.rollout_seed(step, k)))
+            scores = score(self.reward_context(batch, step))
+            rounds.append((batch, scores))
+            found += int(informative_groups(scores.total, batch.group_ids, batch.num_groups).sum())
+            if found >= r.prompts_per_step:
+                break
+        if not a.dynamic_sampling:
+            batch, scores = rounds[0]
+            good = informative_groups(scores.total, batch.group_ids, batch.num_groups)
+            rows = np.ones(len(batch.tasks), np.float32)
+            return Collected(batch, scores, good[batch.group_ids], rows)
+        return select_groups(rounds, r.prompts_per_step, pad_id=self.pad_id)
+
+    def make_batch(self, collected: Collected) -> TrainBatch:
+        """Advantages (jitted, static config) and the fixed-shape batch."""
+        b = collected.batch
+        adv = _advantages(jnp.asarray(collected.scores.total), jnp.asarray(b.group_ids),
+                          self.cfg.algo.advantage, b.num_groups)
+        length = max(self.cfg.rollout.max_total_len, bucket(b.trajectory.tokens.shape[1]))
+        return TrainBatch.from_trajectory(b.trajectory, np.asarray(adv), length=length,
+                                          pad_id=self.pad_id, row_weight=collected.train_rows)
+
+    def add_logprobs(self, state: TrainState, batch: TrainBatch, timer: StageTimer) -> TrainBatch:
+        """Old log-probs (when several mini-batches reuse them) and reference log-probs (KL)."""
         a = self.cfg.algo
-        adv_cfg = AdvantageConfig(estimator=a.advantage, std_ddof=a.std_ddof)
-        groups = np.asarray(traj.group_ids, np.int32)
-        num_groups = int(groups.max()) + 1
-        out = compute_advantages(jnp.asarray(rewards, jnp.float32), jnp.asarray(groups),
-                                 adv_cfg, num_groups=num_groups)
-        adv = np.asarray(out.advantages)
-        t = max(self._train_len, _bucket(traj.tokens.shape[1]))  # fixed T: one compile
-        batch = {k: np.asarray(v) for k, v in traj.pad_to(t, pad_id=self.pad_id).to_batch().items()}
-        batch["loss_mask"] = batch["loss_mask"].astype(np.float32)
-        if a.filter_equal_groups:  # DAPO dynamic sampling: all-equal groups carry no signal
-            batch["loss_mask"] *= np.asarray(out.nonconstant_row_mask, np.float32)[:, None]
-        batch["advantages"] = adv.astype(np.float32)
-        stats = {"constant_groups": int(out.num_constant_groups), "groups": int(out.num_groups)}
-        return batch, stats
+        placed = self.learner.shard_batch({"tokens": batch.tokens, "positions": batch.positions,
+                                           "segment_ids": batch.segment_ids})
+        if a.ppo_minibatches > 1:
+            with timer("logprobs"):
+                batch = batch.replace(old_logprobs=self.learner.compute_logprobs(
+                    state.params, placed)["logprobs"])
+        if a.loss.kl_coef > 0:
+            with timer("ref_logprobs"):
+                batch = batch.replace(ref_logprobs=self.learner.compute_logprobs(
+                    self._reference_params(state), placed)["logprobs"])
+        return batch
 
-    def _reference_params(self, state):
-        """The frozen reference policy of the KL term: the policy GRPO starts from.
+    def _reference_params(self, state: TrainState) -> Any:
+        """The frozen KL reference: the policy RL starts from (captured before the first
+        update). A run resumed after an SFT warm start falls back to the restored policy."""
+        if self._initial_params is None:
+            self.log("algo.loss.kl_coef > 0: resumed after SFT, the reference policy is the "
+                     "restored policy")
+            self._initial_params = _copy(state.params)
+        return self._initial_params
 
-        That is the loaded model, or the model after the SFT warm start; both are captured in
-        :meth:`train` before the first update. A run resumed after an SFT warm start cannot
-        rebuild the SFT weights, so it falls back to the restored policy and says so."""
-        if getattr(self, "_initial_params", None) is not None:
-            return self._initial_params
-        self.log("kl_coef > 0: resumed after SFT, the reference policy is the restored policy")
-        return jax.tree.map(lambda x: jnp.array(x, copy=True), state.params)
+    def step(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
+        """One RL step: collect -> advantages -> log-probs -> update; returns its metrics."""
+        timer = StageTimer()
+        with timer("rollout"):
+            collected = self.collect(step)
+        with timer("advantages"):
+            batch = self.make_batch(collected)
+        batch = self.add_logprobs(state, batch, timer)
+        with timer("update"):
+            state, updates = self.learner.ppo_update(
+                state, batch.as_dict(), num_mini_batches=self.cfg.algo.ppo_minibatches)
+            updates = jax.device_get(updates)
+        self._set_policy(state.params)
+        return state, self.step_metrics(collected, batch, updates, timer)
 
-    def train(self) -> dict:
-        """SFT warm start (if configured), then GRPO; evaluates before and after."""
-        from tqdm import tqdm
+    def step_metrics(self, c: Collected, batch: TrainBatch, updates: list[dict],
+                     timer: StageTimer) -> dict:
+        m = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]
+             if np.ndim(updates[0][k]) == 0}
+        stats = c.batch.trajectory.stats
+        m.update(c.scores.metrics())
+        m.update(accuracy=self._accuracy(c.scores),
+                 response_length=float(np.mean((np.asarray(batch.loss_mask) > 0).sum(1))),
+                 tool_calls_per_trajectory=float(np.mean(c.batch.trajectory.num_tool_calls)),
+                 constant_groups=int(c.batch.num_groups - informative_groups(
+                     c.scores.total, c.batch.group_ids, c.batch.num_groups).sum()),
+                 groups=c.batch.num_groups, sampling_rounds=c.rounds,
+                 sampling_shortfall=c.shortfall)
+        m.update({dst: float(stats[src]) for src, dst in ROLLOUT_STATS
+                  if isinstance(stats.get(src), (int, float))})
+        m.update(timer.metrics())
+        return m
 
-        from toolrl_jax.rewards.toolrl import score_texts
-        from toolrl_jax.rl.train_step import split_model
-        from toolrl_jax.train.checkpoint import Checkpointer
-        from toolrl_jax.train.metrics import MetricsLogger
+    def _accuracy(self, scores: Scores) -> float:
+        """Share of rows whose ToolRL correctness is at its maximum (0 without ToolRL)."""
+        corr = scores.parts.get("toolrl_correctness")
+        if corr is None:
+            return 0.0
+        return float(np.mean(corr >= self.cfg.reward.toolrl.correctness_range[1] - 1e-6))
 
+    # ------------------------------------------------------------------ the run
+    def _fresh_state(self, run_metrics: MetricsLogger, ckpt: Checkpointer, summary: dict
+                     ) -> TrainState:
+        """Evaluations before training and after SFT, the SFT warm start, a new TrainState."""
+        limit = self.cfg.train.eval_limit
+        summary["before"] = before = self.evaluate(0, limit)
+        run_metrics.log(0, before, kind="eval")
+        self.log(f"eval before training: {hooks_lib.dumps(before)}")
+        if self.cfg.sft.steps > 0:
+            sft_metrics = self.sft(run_metrics, ckpt)
+            summary["after_sft"] = after = self.evaluate(0, limit)
+            run_metrics.log(0, after, kind="eval_after_sft")
+            self.log(f"sft: {hooks_lib.dumps(sft_metrics)}; eval after sft: "
+                     f"{hooks_lib.dumps(after)}")
+        _, params = split_model(self.model)
+        if self.cfg.algo.loss.kl_coef > 0:
+            self._initial_params = _copy(params)
+        return self.learner.init_state(params, seed=self.cfg.train.seed)
+
+    def start_run(self) -> hooks_lib.RunState:
+        """Resumes from the newest checkpoint, or starts fresh (evaluations, SFT)."""
         cfg = self.cfg
-        r, a = cfg.rollout, cfg.algo
         ckpt_dir = self.run_dir / "checkpoints"
         if not cfg.train.resume and ckpt_dir.exists():
-            import shutil
-
             self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old metrics")
             shutil.rmtree(ckpt_dir)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        self.metrics = MetricsLogger(self.run_dir)
+        metrics = MetricsLogger(self.run_dir)
         ckpt = Checkpointer(ckpt_dir, save_every=cfg.train.checkpoint_every,
                             keep=cfg.train.keep_checkpoints)
-        self._ckpt = ckpt
-        summary: dict[str, Any] = {}
-        try:
+        summary: dict = {}
+        if cfg.train.resume and ckpt.latest_step() is not None:
             _, params = split_model(self.model)
-            if a.kl_coef > 0 and cfg.sft.steps <= 0:  # the loaded model is the reference
-                self._initial_params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-            start = 0
-            state = None
-            if cfg.train.resume and ckpt.latest_step() is not None:
-                state, pos = ckpt.restore(self.learner.abstract_state(params))
-                start = int(pos.get("step", int(state.step) // max(a.ppo_minibatches, 1)))
-                self._set_policy(state.params)
-                summary = dict(pos.get("summary", {}))
-                self.log(f"resumed from {ckpt.directory} at step {start}")
-            if state is None:
-                before = self.evaluate(0, cfg.train.eval_limit)
-                summary["before"] = before
-                self.metrics.log(0, before, kind="eval")
-                self.log(f"eval before training: {json.dumps(_round(before))}")
-                if cfg.sft.steps > 0:
-                    sft_metrics = self.sft()
-                    after_sft = self.evaluate(0, cfg.train.eval_limit)
-                    summary["after_sft"] = after_sft
-                    self.metrics.log(0, after_sft, kind="eval_after_sft")
-                    self.log(f"sft: {json.dumps(_round(sft_metrics))}; eval after sft: "
-                             f"{json.dumps(_round(after_sft))}")
-                _, params = split_model(self.model)
-                state = self.learner.init_state(params, seed=cfg.train.seed)
-                if a.kl_coef > 0 and cfg.sft.steps > 0:  # the SFT'd model is the reference
-                    self._initial_params = jax.tree.map(lambda x: jnp.array(x, copy=True),
-                                                        state.params)
+            if cfg.algo.loss.kl_coef > 0 and cfg.sft.steps <= 0:  # the loaded model
+                self._initial_params = _copy(params)
+            state, pos = ckpt.restore(self.learner.abstract_state(params))
+            start = int(pos.get("step", int(state.step) // cfg.algo.ppo_minibatches))
+            summary = dict(pos.get("summary", {}))
+            self._set_policy(state.params)
+            self.log(f"resumed from {ckpt.directory} at step {start}")
+        else:
+            state, start = self._fresh_state(metrics, ckpt, summary), 0
+        return hooks_lib.RunState(state=state, start_step=start, steps=cfg.train.steps,
+                                  summary=summary, metrics=metrics, checkpointer=ckpt)
 
-            ref_params = None
-            n_prompts = r.prompts_per_step
-            bar = tqdm(range(start, cfg.train.steps), desc="grpo", file=sys.stderr,
-                       initial=start, total=cfg.train.steps, dynamic_ncols=True)
+    def train(self, hooks: Sequence[hooks_lib.Hook] | None = None) -> dict:
+        """SFT warm start (if configured), then RL steps with hooks; returns the summary."""
+        hooks = list(hooks) if hooks is not None else hooks_lib.default_hooks(self.cfg)
+        run = self.start_run()
+        try:
+            for hook in hooks:
+                hook.on_start(self, run)
+            bar = tqdm(range(run.start_step, run.steps), desc="rl", file=sys.stderr,
+                       initial=run.start_step, total=run.steps, dynamic_ncols=True)
             for step in bar:
-                times = {}
-                t0 = time.perf_counter()
-                idx = step_task_indices(len(self.train_tasks), n_prompts, step, cfg.data.seed)
-                prompts = [self.train_prompts[i] for i in idx for _ in range(r.samples_per_prompt)]
-                groups = [g for g in range(n_prompts) for _ in range(r.samples_per_prompt)]
-                step_tasks = [self.train_tasks[i] for i in idx for _ in range(r.samples_per_prompt)]
-                traj = self._rollout("train", prompts, groups, seed=cfg.train.seed * 1_000_003 + step,
-                                     tasks=step_tasks)
-                times["time_rollout"] = time.perf_counter() - t0
-                st = getattr(traj, "stats", {}) or {}
-                for src, dst in (("decode_s", "time_rollout_decode"), ("extend_s", "time_rollout_prefill"),
-                                 ("wait_s", "time_tools_wait"), ("slot_utilisation", "rollout_slot_utilisation"),
-                                 ("tokens_per_s", "rollout_tokens_per_s")):
-                    if isinstance(st.get(src), (int, float)):
-                        times[dst] = float(st[src])
-                t1 = time.perf_counter()
-                texts = self._texts(traj)
-                gts = [self.train_tasks[i].ground_truth for i in idx for _ in range(r.samples_per_prompt)]
-                scores = score_texts(texts, gts, step, self._reward_config)
-                times["time_reward"] = time.perf_counter() - t1
-                batch, adv_stats = self._grpo_batch(traj, scores["total"])
-                t2 = time.perf_counter()
-                keys = ("tokens", "positions", "segment_ids")
-                if a.ppo_minibatches > 1:  # old log-probs once, reused by every mini-batch
-                    placed = self.learner.shard_batch({k: batch[k] for k in keys})
-                    batch["old_logprobs"] = np.asarray(jax.device_get(
-                        self.learner.compute_logprobs(state.params, placed)["logprobs"]))
-                    times["time_logprobs"] = time.perf_counter() - t2
-                    t2 = time.perf_counter()
-                if a.kl_coef > 0:  # frozen reference = the policy at the start of GRPO
-                    if ref_params is None:
-                        ref_params = self._reference_params(state)
-                    placed = self.learner.shard_batch({k: batch[k] for k in keys})
-                    batch["ref_logprobs"] = np.asarray(jax.device_get(
-                        self.learner.compute_logprobs(ref_params, placed)["logprobs"]))
-                    times["time_ref_logprobs"] = time.perf_counter() - t2
-                    t2 = time.perf_counter()
-                state, step_metrics = self.learner.ppo_update(
-                    state, batch, num_mini_batches=a.ppo_minibatches)
-                step_metrics = jax.device_get(step_metrics)
-                times["time_update"] = time.perf_counter() - t2
-                self._set_policy(state.params)
-                gen_len = (batch["loss_mask"] > 0).sum(1)
-                m = {k: float(np.mean([sm[k] for sm in step_metrics]))
-                     for k in step_metrics[0] if np.ndim(step_metrics[0][k]) == 0}
-                m.update(
-                    reward=float(np.mean(scores["total"])),
-                    reward_format=float(np.mean(scores["format"])),
-                    reward_correctness=float(np.mean(scores["correctness"])),
-                    reward_length=float(np.mean(scores["length"])),
-                    accuracy=float(np.mean(scores["correctness"] >= self._reward_config.correctness_range[1] - 1e-6)),
-                    response_length=float(np.mean(gen_len)),
-                    tool_calls_per_trajectory=float(np.mean(traj.num_tool_calls)),
-                    time_step=time.perf_counter() - t0,
-                    **adv_stats, **times,
-                )
-                self.metrics.log(step + 1, m)
-                bar.set_postfix(reward=f"{m['reward']:.2f}", loss=f"{m.get('loss', 0):.3f}")
-                if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                    ev = self.evaluate(step + 1, cfg.train.eval_limit)
-                    self.metrics.log(step + 1, ev, kind="eval")
-                ckpt.step_boundary(step + 1, state, {"step": step + 1, "summary": summary})
-            after = self.evaluate(cfg.train.steps, cfg.train.eval_limit)
-            summary["after"] = after
-            self.metrics.log(cfg.train.steps, after, kind="eval_final")
-            if ckpt.latest_step() != cfg.train.steps:
-                ckpt.save(cfg.train.steps, state, {"step": cfg.train.steps, "summary": summary})
-            ckpt.wait()
+                run.state, metrics = self.step(run.state, step)
+                for hook in hooks:
+                    if hook.due(step + 1):
+                        hook.after_step(self, run, step + 1, metrics)
+                bar.set_postfix(reward=f"{metrics['reward']:.2f}",
+                                loss=f"{metrics.get('loss', 0):.3f}")
+            for hook in hooks:
+                hook.on_end(self, run)
         finally:
-            ckpt.close()
-            self.metrics.close()
-        if cfg.train.plot:
-            try:
-                from toolrl_jax.train.metrics import plot_run
-
-                summary["plots"] = [str(p) for p in plot_run(self.run_dir)]
-            except ImportError:
-                self.log("matplotlib not installed: skipping plots (pip install matplotlib)")
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+            run.checkpointer.close()
+            run.metrics.close()
+        (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))
+        return run.summary
 
 
-def _round(d: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+@functools.partial(jax.jit, static_argnames=("config", "num_groups"))
+def _advantages(rewards: jax.Array, group_ids: jax.Array, config: Any, num_groups: int):
+    return compute_advantages(rewards, group_ids, config, num_groups=num_groups).advantages
+
+
+def build_engine(model: Any, config: Any, environment: Environment | None, tokenizer: Any,
+                 template: Any) -> RolloutEngine:
+    """The rollout engine for ``config`` with ``environment``'s tools (None: single-turn)."""
+    if environment is None:
+        config = dataclasses.replace(config, max_turns=1)
+        return RolloutEngine(model, config, tokenizer=tokenizer, template=template)
+    config = dataclasses.replace(config, observation_format=environment.observation_format,
+                                 tool_stop_strings=environment.tool_stop_strings,
+                                 stop_strings=environment.stop_strings)
+    return RolloutEngine(model, config, tokenizer=tokenizer, template=template,
+                         executor=environment.executor, extract_calls=environment.extract_calls)

@@ -1,0 +1,107 @@
+"""Environments by name (``env.name``): the tools a policy may call and how their turns look.
+
+An environment builder is ``f(cfg: EnvironmentConfig, tasks) -> Environment | None``; ``tasks``
+are every task of the run (training and held-out), so per-trajectory backends can be prepared.
+``none`` means single-turn rollouts (no tools run; the reward scores the completion). Add one::
+
+    @ENVIRONMENTS.register("my_env")
+    def my_env(cfg: EnvironmentConfig, tasks) -> Environment:
+        executor = ToolExecutor(my_tools, timeout_s=cfg.timeout_s, max_workers=cfg.max_workers)
+        return environment_from_config(cfg, executor)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from toolrl_jax.data import GENERATED_TOOLS
+from toolrl_jax.data.task import ToolTask
+from toolrl_jax.errors import ConfigError
+from toolrl_jax.registry import Registry
+from toolrl_jax.rollout.engine import tool_call_extractor
+from toolrl_jax.rollout.turns import Environment
+from toolrl_jax.tools.bfcl_env import BFCLEnvironment
+from toolrl_jax.tools.executor import ToolExecutor
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnvironmentConfig:
+    """The YAML ``env:`` section.
+
+    Attributes:
+      name: a registered environment (:data:`ENVIRONMENTS`); ``none`` = single-turn.
+      observation_format: how tool results are appended: ``toolrl`` (``<obs>`` user message),
+        ``hermes`` (``<tool_response>`` blocks), ``native`` (the template's tool role) or
+        ``interpreter`` (ReTool's ``<interpreter>`` block inside the open turn).
+      tool_call_syntax: how calls are read from a turn (``toolcalls.parse`` syntaxes).
+      tool_stop_strings: strings that end a turn with tool calls.
+      stop_strings: strings that end the trajectory.
+      timeout_s: per-call deadline of the executor.
+      max_workers: calls running at once.
+      max_observation_chars: a tool's text is cut to this many characters.
+    """
+
+    name: str = "none"
+    observation_format: Literal["toolrl", "hermes", "native", "interpreter"] = "toolrl"
+    tool_call_syntax: Literal["toolrl", "hermes", "python", "auto"] = "toolrl"
+    tool_stop_strings: tuple[str, ...] = ("</tool_call>",)
+    stop_strings: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+    max_workers: int = 8
+    max_observation_chars: int = 8192
+
+    def __post_init__(self) -> None:
+        ENVIRONMENTS.get(self.name)
+        if not self.timeout_s > 0:
+            raise ConfigError(f"env.timeout_s: must be > 0, got {self.timeout_s}")
+        if self.max_workers < 1:
+            raise ConfigError(f"env.max_workers: must be >= 1, got {self.max_workers}")
+        if self.max_observation_chars < 1:
+            raise ConfigError(
+                f"env.max_observation_chars: must be >= 1, got {self.max_observation_chars}"
+            )
+
+    @property
+    def multi_turn(self) -> bool:
+        return self.name != "none"
+
+
+EnvironmentBuilder = Callable[[EnvironmentConfig, Sequence[ToolTask]], "Environment | None"]
+ENVIRONMENTS: Registry[EnvironmentBuilder] = Registry("environment", config_key="env.name")
+
+
+def executor_from_config(cfg: EnvironmentConfig, tools=(), *, environment=None) -> ToolExecutor:
+    """A :class:`ToolExecutor` with the config's limits."""
+    return ToolExecutor(list(tools), environment=environment, timeout_s=cfg.timeout_s,
+                        max_workers=cfg.max_workers,
+                        max_observation_chars=cfg.max_observation_chars)
+
+
+def environment_from_config(cfg: EnvironmentConfig, executor, *, extract_calls=None) -> Environment:
+    """An :class:`Environment` with the config's formats and stops."""
+    return Environment(executor=executor,
+                       extract_calls=extract_calls or tool_call_extractor(cfg.tool_call_syntax),
+                       observation_format=cfg.observation_format,
+                       tool_stop_strings=tuple(cfg.tool_stop_strings),
+                       stop_strings=tuple(cfg.stop_strings))
+
+
+@ENVIRONMENTS.register("none")
+def no_tools(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> None:
+    """Single-turn: the completion is scored, no tool runs."""
+    return None
+
+
+@ENVIRONMENTS.register("generated_tools")
+def generated_tools(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Environment:
+    """The executable tools of ``data.source=generated`` (``toolrl_jax.data.generated``)."""
+    return environment_from_config(cfg, executor_from_config(cfg, GENERATED_TOOLS.values()))
+
+
+@ENVIRONMENTS.register("bfcl_multi_turn")
+def bfcl_multi_turn(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Environment:
+    """BFCL v4's executable multi-turn backends, one instance set per trajectory."""
+    env = BFCLEnvironment.for_tasks(list(tasks))
+    return environment_from_config(cfg, executor_from_config(cfg, environment=env))
