@@ -24,8 +24,15 @@ from toolrl_jax.errors import ConfigError
 T = TypeVar("T")
 
 
+def _subsequence(short: str, long: str) -> bool:
+    it = iter(long)
+    return all(ch in it for ch in short)
+
+
 def _suggest(key: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if not close:  # abbreviations: 'lr' -> 'learning_rate' (same first letter, letters in order)
+        close = [v for v in sorted(valid) if key and v[:1] == key[:1] and _subsequence(key, v)]
     if close:
         return f"did you mean '{close[0]}'?"
     return "valid keys: " + ", ".join(sorted(valid))

@@ -20,25 +20,6 @@ from toolrl_jax.train.metrics import read_metrics
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from flax import nnx
-
-    from toolrl_jax.chat import find_test_tokenizer, load_tokenizer
-    from toolrl_jax.models.config import ModelConfig
-    from toolrl_jax.models.decoder import Decoder
-    from toolrl_jax.models.export import export_hf_dir
-
-    tok = load_tokenizer(find_test_tokenizer("smollm2"))
-    cfg = ModelConfig.tiny("llama", vocab_size=len(tok), num_layers=2, hidden_size=32,
-                           intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16,
-                           tie_word_embeddings=True,
-                           eos_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
-    out = tmp_path_factory.mktemp("tiny_smol")
-    export_hf_dir(Decoder(cfg, rngs=nnx.Rngs(0)), cfg, out, tokenizer=tok)
-    return out
-
-
 def _cfg(model_dir, out_dir, steps, resume=True):
     return load_config(TrainConfig, None, [
         f"model.name={model_dir}", f"train.out_dir={out_dir}", f"train.steps={steps}",

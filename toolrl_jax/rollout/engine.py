@@ -65,9 +65,9 @@ class RolloutConfig:
       eval_max_new_tokens: ``max_new_tokens`` of evaluation (None: the same as training).
       num_slots: rows decoded together (the sampler batch ``B``); the trainer uses at most
         this many and no more than it has rows.
-      max_total_len: (0 = derived by the trainer from the longest prompt and the turn limits).
       max_new_tokens: most tokens one turn may generate.
-      max_total_len: most tokens in a trajectory (prompt + turns + observations).
+      max_total_len: most tokens in a trajectory (prompt + turns + observations); 0 = derived
+        by the trainer from the longest prompt and the turn limits.
       max_turns: most generated turns (1 = single-turn, tools never run).
       max_obs_tokens: most tokens of one tool result inside an observation (longer results are
         cut and end with ``truncation_marker``).
@@ -94,9 +94,9 @@ class RolloutConfig:
     prompts_per_step: int = 8
     samples_per_prompt: int = 4
     eval_max_new_tokens: int | None = None
-    num_slots: int = 16
+    num_slots: int = 64
     max_new_tokens: int = 512
-    max_total_len: int = 2048
+    max_total_len: int = 0
     max_turns: int = 1
     max_obs_tokens: int = 512
     chunk_steps: int = 32
@@ -146,6 +146,9 @@ class RolloutConfig:
     @property
     def cache_len(self) -> int:
         """KV cache length: ``max_total_len`` plus room for the last observation's bucket."""
+        if self.max_total_len == 0:
+            raise ConfigError("rollout.max_total_len is 0 (derived by the trainer): set it when "
+                              "building a RolloutEngine directly")
         slack = 0
         if self.max_turns > 1:
             slack = bucket_length(self.max_obs_tokens + self.obs_overhead_tokens + 1)

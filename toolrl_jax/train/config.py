@@ -14,7 +14,6 @@ its resolved config to ``RUN_DIR/resolved_config.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Literal
 
 from toolrl_jax.errors import ConfigError
@@ -25,6 +24,7 @@ from toolrl_jax.train.environments import EnvironmentConfig
 from toolrl_jax.train.rewards import RewardConfig
 from toolrl_jax.train.sft import SFTConfig
 from toolrl_jax.train.sources import DataConfig
+from toolrl_jax.train.strategies import ROLLOUT_STRATEGIES
 
 _field = dataclasses.field
 
@@ -95,6 +95,7 @@ class TrainConfig:
     train: RunConfig = _field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        ROLLOUT_STRATEGIES.get(self.rollout.strategy)
         check_batch_geometry(self)
         if self.rollout.max_turns > 1 and not self.env.multi_turn:
             raise ConfigError(f"rollout.max_turns={self.rollout.max_turns} needs tools: set env.name "
@@ -149,6 +150,3 @@ def sft_optim(cfg: TrainConfig) -> OptimConfig:
     return dataclasses.replace(cfg.optim, learning_rate=cfg.sft.learning_rate,
                                total_steps=max(cfg.sft.steps, cfg.optim.warmup_steps + 1))
 
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
