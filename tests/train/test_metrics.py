@@ -150,3 +150,17 @@ def test_wandb_offline_writes_a_run_directory(tmp_path, monkeypatch):
     log.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_nested_metrics_are_json_and_tensorboard_names(tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    log = MetricsLogger(tmp_path)
+    log.log(1, {"exact_match": 0.5, "reward": {"format": np.float32(1.0), "length": float("nan")},
+                "ids": [1.0, float("inf")]}, kind="eval")
+    log.close()
+    (rec,) = read_metrics(tmp_path)
+    assert rec["reward"] == {"format": 1.0, "length": None} and rec["ids"] == [1.0, 1e308]
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"eval/exact_match", "eval/reward/format"}

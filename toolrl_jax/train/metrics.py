@@ -119,15 +119,23 @@ def _to_py(value: Any) -> Any:
         value = arr.item() if arr.ndim == 0 else arr.tolist()
     if isinstance(value, (list, tuple)):
         return [_to_py(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_py(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
     return value
 
 
-def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric, non-bool fields of a record except ``step``."""
-    return {k: float(v) for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+def _scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric, non-bool fields of a record except ``step``; nested mappings become
+    ``outer/inner`` names."""
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        if isinstance(v, Mapping):
+            out.update(_scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (prefix or k != "step"):
+            out[f"{prefix}{k}"] = float(v)
+    return out
 
 
 # --------------------------------------------------------------------------- jsonl
@@ -420,7 +428,7 @@ def plot_run(run_dir: str | pathlib.Path, out_dir: str | pathlib.Path | None = N
     written = []
     for kind in sorted({r.get("kind", "train") for r in records}):
         rows = [r for r in records if r.get("kind", "train") == kind]
-        keys = sorted({k for r in rows for k in _scalars(r)})
+        keys = sorted({k for r in rows for k in _scalars(r) if "/" not in k})
         if not keys:
             continue
         cols = min(4, len(keys))
