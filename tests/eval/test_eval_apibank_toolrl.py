@@ -171,7 +171,7 @@ def test_report_tables_and_json(tmp_path, capsys):
 
 def test_default_reward_is_the_training_reward():
     """Ground truth earns the maximum 4 = format 1 + correctness 3; answering with <response>
-    where calls are expected earns -3 (format 0, correctness -3; METHODS.md worked example)."""
+    where calls are expected earns -3 (format 0, correctness -3; docs/methods.md section 1, worked examples)."""
     from toolrl_jax.data import generate_tasks
 
     tasks = generate_tasks(12, seed=2)

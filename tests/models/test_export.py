@@ -139,5 +139,73 @@ def test_plan_shards():
     ]
     shards = plan_shards(src, itemsize=4, max_shard_bytes=80)
     assert [[s.name for s in shard] for shard in shards] == [["0", "1"], ["2"], ["3", "4"]]
-    with pytest.raises(ModelLoadError, match="export dtype 'float16'"):
-        write_safetensors_dir(pathlib.Path("."), src, dtype="float16")
+    with pytest.raises(ModelLoadError, match="export dtype 'int8'"):
+        write_safetensors_dir(pathlib.Path("."), src, dtype="int8")
+
+
+# ---------------------------------------------------------------- export command dtype (issue 18)
+
+
+def _safetensors_dtypes(directory: pathlib.Path) -> set[str]:
+    header = {}
+    for path in directory.glob("*.safetensors"):
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header.update(json.loads(f.read(n)))
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_export_command_keeps_float32_source_and_round_trips(tmp_path, capsys):
+    from toolrl_jax.cli import main
+
+    config = ModelConfig.tiny("qwen2")
+    model = _randomize(Decoder(config, rngs=nnx.Rngs(0)), seed=3)
+    src = export_hf_dir(model, config, tmp_path / "src", dtype="float32")
+    assert main(["export", "--model", str(src), "--out", str(tmp_path / "out"),
+                 "--no-tokenizer"]) == 0
+    printed = capsys.readouterr().out
+    assert "as float32 (torch_dtype in config.json)" in printed
+    out = tmp_path / "out"
+    assert _safetensors_dtypes(out) == {"F32"}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()  # no dtype given
+    assert next(ref.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        want = ref(torch.tensor(TOKENS)).logits.numpy()
+    np.testing.assert_allclose(our_logits(model), want, atol=1e-4, rtol=1e-4)
+
+
+def test_export_command_dtype_defaults_and_override(tmp_path, capsys):
+    from toolrl_jax.cli import main
+    from toolrl_jax.models.export import source_dtype
+
+    config = ModelConfig.tiny("llama")
+    model = _randomize(Decoder(config, rngs=nnx.Rngs(0)), seed=4)
+    src = export_hf_dir(model, config, tmp_path / "src", dtype="bfloat16")
+    assert main(["export", "--model", str(src), "--out", str(tmp_path / "a"),
+                 "--no-tokenizer"]) == 0
+    assert _safetensors_dtypes(tmp_path / "a") == {"BF16"}
+    assert main(["export", "--model", str(src), "--out", str(tmp_path / "b"),
+                 "--no-tokenizer", "--dtype", "float32"]) == 0
+    assert "as float32 (--dtype)" in capsys.readouterr().out
+    assert _safetensors_dtypes(tmp_path / "b") == {"F32"}
+    # config.json spellings; GGUF sources are bf16
+    for hf, want in (({"dtype": "float16"}, "float16"), ({"torch_dtype": "torch.bfloat16"}, "bfloat16"),
+                     ({}, "float32"), ({"torch_dtype": "float64"}, "float32")):
+        d = tmp_path / f"cfg{len(hf)}{want}"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(hf))
+        assert source_dtype("hf_dir", d)[0] == want
+    assert source_dtype("gguf", tmp_path / "x.gguf") == ("bfloat16", "GGUF source")
+
+
+def test_export_to_an_existing_file_is_one_line_error(tmp_path, capsys):
+    from toolrl_jax.cli import main
+
+    target = tmp_path / "taken"
+    target.write_text("not a directory")
+    for out in (target, target / "sub"):
+        assert main(["export", "--model", str(tmp_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "existing file" in err and "\n" not in err
+    assert target.read_text() == "not a directory"

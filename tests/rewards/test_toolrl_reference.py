@@ -1,6 +1,6 @@
 """The jitted ToolRL reward against the plain-Python reference of the released code.
 
-* METHODS.md section 1 worked examples (hand-computed numbers) for the compat preset.
+* docs/methods.md section 1 worked examples (hand-computed numbers) for the compat preset.
 * >= 500 cases generated from the real ToolRL data, every variant, steps 0/15/30/60/105:
   jitted == reference to 1e-6 on all four components.
 * optimal matching >= greedy on every case, strictly more on a constructed case.
@@ -76,7 +76,7 @@ def _comp(calls, think=True):
     return head + "<tool_call>\n" + "\n".join(json.dumps(c) for c in calls) + "\n</tool_call>"
 
 
-WORKED = [  # (completion, total, format, correctness) from METHODS.md section 1
+WORKED = [  # (completion, total, format, correctness) from docs/methods.md section 1
     (_comp([A, B]), 4, 1, 3),
     (_comp([B, A]), 4, 1, 3),
     (_comp([{"name": "A", "parameters": {"x": "1", "y": "9"}}]), 0.5, 1, -0.5),

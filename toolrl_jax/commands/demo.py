@@ -7,8 +7,12 @@ import pathlib
 
 
 def _demo_config() -> pathlib.Path:
+    import sysconfig
+
     here = pathlib.Path(__file__).resolve()
-    for cand in (here.parents[2] / "configs" / "demo.yaml", pathlib.Path("configs/demo.yaml")):
+    installed = pathlib.Path(sysconfig.get_path("data")) / "share" / "toolrl-jax" / "configs"
+    for cand in (here.parents[2] / "configs" / "demo.yaml", pathlib.Path("configs/demo.yaml"),
+                 installed / "demo.yaml"):  # the last: a wheel install (pyproject data-files)
         if cand.is_file():
             return cand
     from toolrl_jax.errors import ConfigError

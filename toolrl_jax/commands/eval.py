@@ -4,6 +4,10 @@ The model answers each task's chat prompt (its own chat template, as token ids) 
 jitted KV-cache sampler; `toolrl_jax.eval` scores the answers (bfcl-eval's own AST and multi-turn
 checkers for BFCL, exact match for API-Bank, exact match + ToolRL reward for the ToolRL split),
 prints a table in the layout of ToolRL's tables and writes JSON with --output.
+
+With ``--endpoint http://HOST:PORT/v1 --model NAME`` the answers come from a model served
+through an OpenAI-compatible chat-completions API instead (``toolrl_jax.eval.endpoint``); the
+scoring is the same.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="alias, local dir, .gguf or hub id")
+    parser.add_argument("--model", default=None,
+                        help="alias, local dir, .gguf or hub id (default smollm2-135m); "
+                        "with --endpoint, the served model's name")
     parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated")
     parser.add_argument("--categories", default=None,
                         help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
@@ -25,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-style", default="toolrl", help="toolrl | json_schema | compact")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-prompt-tokens", type=int, default=4096)
+    served = parser.add_argument_group("served model (OpenAI-compatible chat-completions endpoint)")
+    served.add_argument("--endpoint", default=None,
+                        help="score a model served at this API root, e.g. http://HOST:PORT/v1 (vLLM, SGLang)")
+    served.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
+    served.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    served.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    served.add_argument("--concurrency", type=int, default=8, help="requests in flight")
 
 
 def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_size: int,
@@ -64,17 +77,40 @@ def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_si
     return predict
 
 
-def run(args) -> int:
-    from toolrl_jax.chat import detect_template, load_tokenizer
-    from toolrl_jax.eval.run import report_and_save, run_benchmark
-    from toolrl_jax.models.registry import load_model
+def endpoint_predict(args):
+    """``predict_fn`` asking the ``--endpoint`` server (see ``toolrl_jax.eval.endpoint``)."""
+    import os
 
-    loaded = load_model(args.model, dtype=args.dtype)
+    from toolrl_jax.errors import ConfigError
+    from toolrl_jax.eval.endpoint import EndpointConfig, endpoint_predict_fn
+
+    if args.model is None:
+        raise ConfigError("--endpoint needs --model NAME (the served model's name)")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+    return endpoint_predict_fn(EndpointConfig(
+        base_url=args.endpoint, model=args.model, api_key=api_key,
+        max_tokens=args.max_new_tokens, timeout_s=args.timeout, max_retries=args.retries,
+        concurrency=args.concurrency))
+
+
+def local_predict(args):
+    """``predict_fn`` of the local ``--model`` (greedy, the rollout engine)."""
+    from toolrl_jax.chat import detect_template, load_tokenizer
+    from toolrl_jax.models.registry import DEFAULT_MODEL, load_model
+
+    loaded = load_model(args.model or DEFAULT_MODEL, dtype=args.dtype)
     tokenizer = load_tokenizer(loaded.source.tokenizer_source)
     template = detect_template(tokenizer)
-    predict = make_predict_fn(loaded.model, tokenizer, template,
-                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                              max_prompt_tokens=args.max_prompt_tokens)
+    return make_predict_fn(loaded.model, tokenizer, template,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           max_prompt_tokens=args.max_prompt_tokens)
+
+
+def run(args) -> int:
+    from toolrl_jax.eval.run import report_and_save, run_benchmark
+    from toolrl_jax.models.registry import DEFAULT_MODEL
+
+    predict = endpoint_predict(args) if args.endpoint else local_predict(args)
     data = args.data[0] if args.data and len(args.data) == 1 else args.data
     bar = _ProgressBar()
     try:
@@ -83,7 +119,7 @@ def run(args) -> int:
                                 batch_size=max(args.batch_size * 4, 16), progress=bar)
     finally:
         bar.close()
-    report_and_save(results, str(args.model), args.output)
+    report_and_save(results, str(args.model or DEFAULT_MODEL), args.output)
     return 0
 
 

@@ -2,8 +2,12 @@
 
 Example::
 
-    toolrl-jax export --model smollm2-135m --out exported/smollm2 --dtype bfloat16
+    toolrl-jax export --model smollm2-135m --out exported/smollm2
     vllm serve exported/smollm2
+
+The storage dtype defaults to the source checkpoint's (``torch_dtype`` / ``dtype`` of its
+``config.json``; bfloat16 for a GGUF source), so a float32 policy round-trips exactly;
+``--dtype`` overrides it.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
-        default="bfloat16",
-        help="storage dtype of the safetensors weights (default: %(default)s)",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="storage dtype of the safetensors weights (default: the source checkpoint's dtype; "
+        "bfloat16 for a GGUF source)",
     )
     parser.add_argument(
         "--max-shard-gb",
@@ -36,12 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from toolrl_jax.errors import ConfigError, ModelLoadError
-    from toolrl_jax.models.export import export_hf_dir, load_tokenizer_any
+    from toolrl_jax.models.export import export_hf_dir, load_tokenizer_any, source_dtype
     from toolrl_jax.models.registry import load_model, resolve_model
 
     if args.max_shard_gb <= 0:
         raise ConfigError(f"--max-shard-gb={args.max_shard_gb}: use a positive number")
+    out_dir = pathlib.Path(args.out)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"--out {out_dir}: {path} is an existing file; give a directory (new or existing)")
     resolved = resolve_model(args.model)
+    if args.dtype is None:
+        dtype, why = source_dtype(resolved.kind, resolved.path)
+    else:
+        dtype, why = args.dtype, "--dtype"
     tokenizer = None
     if not args.no_tokenizer:  # before the (slow) weights, so a missing tokenizer fails fast
         try:
@@ -53,14 +67,15 @@ def run(args: argparse.Namespace) -> int:
     out = export_hf_dir(
         loaded.model,
         loaded.config,
-        pathlib.Path(args.out),
+        out_dir,
         tokenizer=tokenizer,
-        dtype=args.dtype,
+        dtype=dtype,
         max_shard_bytes=int(args.max_shard_gb * 1024**3),
         pad_token_id=pad,
     )
     files = sorted(p.name for p in out.iterdir())
     print(
-        f"exported {loaded.source.name} ({loaded.config.architecture}, {args.dtype}) to {out}: {', '.join(files)}"
+        f"exported {loaded.source.name} ({loaded.config.architecture}) to {out} as {dtype} "
+        f"({why}): {', '.join(files)}"
     )
     return 0

@@ -110,8 +110,8 @@ def bfcl_data_dir() -> pathlib.Path:
     spec = importlib.util.find_spec("bfcl_eval")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
-            "bfcl-eval is not installed: pip install --no-deps bfcl-eval==2026.3.23 "
-            "(never let pip resolve its dependencies)"
+            "bfcl-eval is not installed: run `toolrl-jax setup-data` (or pip install --no-deps "
+            "bfcl-eval==2026.3.23; never let pip resolve its dependencies)"
         )
     d = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data"
     if not d.is_dir():

@@ -6,7 +6,7 @@ Two scores per task:
   ground-truth calls as a multiset (same names, same ``parameters`` dicts under Python ``==``;
   order free, as ToolRL's correctness gives full marks to a reordered set). For a response-only
   ground truth, the prediction makes no call and has a ``<response>``.
-* the ToolRL reward (format + correctness, METHODS.md Sec. 1) and its components, computed by
+* the ToolRL reward (format + correctness, docs/methods.md section 1) and its components, computed by
   ``toolrl_jax.rewards`` (the training reward itself) when that package provides a host scorer;
   otherwise the results say ``"reward": null``.
 

@@ -31,7 +31,12 @@ import numpy as np
 from toolrl_jax.errors import ModelLoadError
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-_EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+_EXPORT_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype(np.float16),
+}
+EXPORT_DTYPES = tuple(_EXPORT_DTYPES)
 _SAFETENSORS_DTYPE = {
     np.dtype(np.float32): "F32",
     np.dtype(ml_dtypes.bfloat16): "BF16",
@@ -248,6 +253,37 @@ def save_tokenizer(tokenizer: Any, out_dir: str | pathlib.Path) -> list[str]:
     )
 
 
+def source_dtype(kind: str, path: str | os.PathLike) -> tuple[str, str]:
+    """The export dtype that keeps a source checkpoint's precision, and where it came from.
+
+    A Hugging Face directory: ``torch_dtype`` (older transformers) or ``dtype`` (newer) of its
+    ``config.json`` (``"torch.float16"`` and ``"float16"`` both read as float16); a config
+    without either means float32 (transformers' default). A GGUF file: bfloat16 (its weights are
+    quantized or half precision; bf16 keeps their range).
+
+    Args:
+      kind: ``'hf_dir'`` or ``'gguf'`` (``ResolvedModel.kind``).
+      path: the directory or the ``.gguf`` file.
+    Returns:
+      ``(dtype, reason)``, ``dtype`` in :data:`EXPORT_DTYPES` (float64 and others -> float32).
+    """
+    if kind == "gguf":
+        return "bfloat16", "GGUF source"
+    config_path = pathlib.Path(path) / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {config_path}: {e}") from e
+    for key in ("torch_dtype", "dtype"):
+        value = hf.get(key)
+        if isinstance(value, str) and value:
+            name = value.removeprefix("torch.")
+            if name in _EXPORT_DTYPES:
+                return name, f"{key} in {config_path.name}"
+            return "float32", f"{key}={value!r} in {config_path.name} is not exportable"
+    return "float32", f"no torch_dtype/dtype in {config_path.name}"
+
+
 def _gather_to_host(value: Any) -> np.ndarray:
     """One (possibly sharded, possibly multi-host) jax array -> full numpy array on this host."""
     import jax
@@ -309,7 +345,7 @@ def export_hf_dir(
       config: its :class:`~toolrl_jax.models.config.ModelConfig`.
       out_dir: created if missing; existing model files in it are replaced.
       tokenizer: ``None``, a tokenizer object, a tokenizer directory, or a ``.gguf`` file.
-      dtype: ``'float32'`` or ``'bfloat16'`` storage in the safetensors files.
+      dtype: ``'float32'``, ``'bfloat16'`` or ``'float16'`` storage in the safetensors files.
       max_shard_bytes: shard size limit (HF's default is 5 GB; 2 GB here).
       pad_token_id: written to ``generation_config.json`` when given.
     Returns:

@@ -6,7 +6,7 @@ where it raises and is caught), and computes floats in float64. Tests and ``tool
 --check`` compare the jitted reward against it.
 
 Released code: github.com/qiancheng0/ToolRL, ``verl/utils/reward_score/rlla.py`` (Apache-2.0);
-the rules are restated in ``METHODS.md`` section 1. Extensions beyond the released code (optimal
+the rules are restated in ``docs/methods.md`` section 1. Extensions beyond the released code (optimal
 matching, lenient equality, the strict call schema, the paper-form dynamic schedule and the
 'no_call' response-only rule) are implemented here independently as well.
 """
