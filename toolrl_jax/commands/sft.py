@@ -28,7 +28,7 @@ def run(args) -> int:
     if cfg.sft.steps <= 0:
         raise ConfigError("sft.steps: must be > 0 for `toolrl-jax sft` (e.g. sft.steps=100)")
     trainer = Trainer(cfg)
-    run_metrics = MetricsLogger(trainer.run_dir)
+    run_metrics = MetricsLogger(trainer.run_dir, config=cfg.metrics)
     try:
         metrics = trainer.sft(run_metrics)
         result = trainer.evaluate(0, cfg.train.eval_limit)

@@ -21,6 +21,7 @@ from toolrl_jax.models.sharding import MeshConfig
 from toolrl_jax.rl.train_step import AlgoConfig, OptimConfig
 from toolrl_jax.rollout.engine import RolloutConfig
 from toolrl_jax.train.environments import EnvironmentConfig
+from toolrl_jax.train.metrics import MetricsConfig
 from toolrl_jax.train.rewards import RewardConfig
 from toolrl_jax.train.sft import SFTConfig
 from toolrl_jax.train.sources import DataConfig
@@ -81,7 +82,8 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The whole run: ``model, mesh, data, env, rollout, reward, algo, optim, sft, train``."""
+    """The whole run: ``model, mesh, data, env, rollout, reward, algo, optim, sft, metrics,
+    train``."""
 
     model: ModelSpec = _field(default_factory=ModelSpec)
     mesh: MeshConfig = _field(default_factory=MeshConfig)
@@ -92,6 +94,7 @@ class TrainConfig:
     algo: AlgoConfig = _field(default_factory=AlgoConfig)
     optim: OptimConfig = _field(default_factory=OptimConfig)
     sft: SFTConfig = _field(default_factory=SFTConfig)
+    metrics: MetricsConfig = _field(default_factory=MetricsConfig)
     train: RunConfig = _field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:

@@ -414,7 +414,7 @@ class Trainer:
             self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old metrics")
             shutil.rmtree(ckpt_dir)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        metrics = MetricsLogger(self.run_dir)
+        metrics = MetricsLogger(self.run_dir, config=cfg.metrics)
         ckpt = Checkpointer(ckpt_dir, save_every=cfg.train.checkpoint_every,
                             keep=cfg.train.keep_checkpoints)
         summary: dict = {}
@@ -425,6 +425,7 @@ class Trainer:
             state, pos = ckpt.restore(self.learner.abstract_state(params))
             start = int(pos.get("step", int(state.step) // cfg.algo.ppo_minibatches))
             summary = dict(pos.get("summary", {}))
+            metrics.resume_at(start)  # records after the checkpoint are logged again
             self._set_policy(state.params)
             self.log(f"resumed from {ckpt.directory} at step {start}")
         else:
