@@ -34,9 +34,14 @@ from toolrl_jax.models.sharding import make_mesh
 TOKENS = np.random.default_rng(0).integers(0, 256, size=(2, 10))
 
 
+@nnx.jit
+def _forward(model, tokens, positions):
+    return model(tokens, positions)
+
+
 def _logits(model) -> np.ndarray:
     b, t = TOKENS.shape
-    return np.asarray(model(jnp.asarray(TOKENS), jnp.broadcast_to(jnp.arange(t), (b, t))))
+    return np.asarray(_forward(model, jnp.asarray(TOKENS), jnp.broadcast_to(jnp.arange(t), (b, t))))
 
 
 def _randomize(model, seed, *, only=None):
@@ -101,7 +106,7 @@ def test_adapter_filter_and_optimizer_state_bytes():
         b, t = TOKENS.shape
         return jnp.mean(model(jnp.asarray(TOKENS), jnp.broadcast_to(jnp.arange(t), (b, t))) ** 2)
 
-    grads = jax.grad(loss_fn)(lora_state, base_state)
+    grads = jax.jit(jax.grad(loss_fn))(lora_state, base_state)
     updates, opt_state = opt.update(grads, opt_state, lora_state)
     new_lora = optax.apply_updates(lora_state, updates)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_lora, lora_state)

@@ -48,8 +48,9 @@ def test_values_are_the_head_on_the_previous_hidden_state():
                                                   jnp.float32))
     model.value_head.bias.set_value(jnp.asarray([0.3], jnp.float32))
     bt = _batch()
-    values = np.asarray(model.values(jnp.asarray(bt["tokens"]), jnp.asarray(bt["positions"])))
-    hidden, _ = model.decoder.hidden(jnp.asarray(bt["tokens"]), jnp.asarray(bt["positions"]))
+    values, hidden = nnx.jit(lambda m, x, p: (m.values(x, p), m.decoder.hidden(x, p)[0]))(
+        model, jnp.asarray(bt["tokens"]), jnp.asarray(bt["positions"]))
+    values = np.asarray(values)
     h = np.asarray(hidden, np.float64)
     w = np.asarray(model.value_head.kernel[...], np.float64)[:, 0]
     want = np.zeros(values.shape)
@@ -115,3 +116,15 @@ def test_twenty_critic_steps_lower_the_value_loss_and_raise_explained_variance()
     values = values_fn(params, batch)
     ev = gae_lib.explained_variance(batch["returns"], values, batch["loss_mask"])
     np.testing.assert_allclose(float(final["explained_variance"]), float(ev), rtol=1e-5)
+
+
+def test_from_pretrained_hf_directory(tmp_path):
+    from toolrl_jax.models.export import export_hf_dir
+
+    policy = Decoder(CONFIG, rngs=nnx.Rngs(4))
+    out = export_hf_dir(policy, CONFIG, tmp_path / "policy")
+    critic = ValueModel.from_pretrained(out)
+    assert critic.decoder.lm_head is None
+    np.testing.assert_array_equal(
+        np.asarray(critic.decoder.layers[1].self_attn.q_proj.kernel[...]),
+        np.asarray(policy.layers[1].self_attn.q_proj.kernel[...]))
