@@ -83,7 +83,8 @@ def test_adapter_filter_and_optimizer_state_bytes():
     lora_cfg = LoRAConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj"))
     _, adapted = _base_and_adapted(config, lora_cfg)
     adapters = nnx.state(adapted, LoRAParam)
-    paths = [tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(adapters))[0]]
+    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(adapters))[0]
+    paths = [tuple(p) for p, _ in flat]
     assert len(paths) == config.num_layers * 3 * 2
     assert all(getattr(p[-1], "key", p[-1]) in ("lora_a", "lora_b") for p in paths)
     nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
@@ -131,8 +132,8 @@ def test_merged_export_loads_in_transformers_with_adapted_logits(tmp_path, model
     _randomize(adapted, seed=3, only=LoRAParam)
     merged = merge_lora(adapted)
     layer = adapted.layers[1].mlp.down_proj
-    want_kernel = (np.asarray(layer.kernel[...], np.float64) + layer.scale
-                   * np.asarray(layer.lora_a[...], np.float64) @ np.asarray(layer.lora_b[...], np.float64))
+    a, b = (np.asarray(x[...], np.float64) for x in (layer.lora_a, layer.lora_b))
+    want_kernel = np.asarray(layer.kernel[...], np.float64) + layer.scale * a @ b
     np.testing.assert_allclose(np.asarray(merged[("layers", 1, "mlp", "down_proj", "kernel")]),
                                want_kernel, rtol=1e-5, atol=1e-6)
     out = export_merged(adapted, tmp_path / "merged", dtype="float32")

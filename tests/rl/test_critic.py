@@ -3,10 +3,17 @@ which 20 critic steps lower the value loss and raise the explained variance."""
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from toolrl_jax.models.config import ModelConfig
@@ -83,8 +90,8 @@ def test_partition_specs_cover_every_critic_parameter():
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     paths = {tuple(getattr(k, "key", k) for k in p) for p, _ in leaves}
     assert paths == set(specs)
-    assert specs[("decoder", "layers", 0, "mlp", "up_proj", "kernel")] == jax.sharding.PartitionSpec(
-        "fsdp", "tp")
+    P = jax.sharding.PartitionSpec
+    assert specs[("decoder", "layers", 0, "mlp", "up_proj", "kernel")] == P("fsdp", "tp")
     assert specs[("value_head", "kernel")] == jax.sharding.PartitionSpec("fsdp", None)
     mesh = make_mesh({"data": 1, "fsdp": 1, "tp": 1}, devices=jax.devices()[:1])
     shardings = value_model_shardings(params, CONFIG, mesh)
@@ -128,3 +135,25 @@ def test_from_pretrained_hf_directory(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(critic.decoder.layers[1].self_attn.q_proj.kernel[...]),
         np.asarray(policy.layers[1].self_attn.q_proj.kernel[...]))
+
+
+@pytest.mark.slow
+def test_critic_update_and_lora_on_an_8_device_mesh():
+    """(fsdp=4, tp=2) on 8 simulated CPU devices: same critic step as on 1 device; LoRA logits
+    unchanged by sharding, adapters split like their kernels."""
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    script = repo / "tests/rl/_critic_lora_multidevice_script.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    res = json.loads(line[len("RESULT "):])
+    c = res["critic"]
+    assert abs(c["loss"] - c["ref_loss"]) <= 1e-5 * max(1.0, abs(c["ref_loss"]))
+    assert c["param_rel"] <= 1e-5, c
+    assert c["frac"] == 0.125
+    lora = res["lora"]
+    assert lora["max_diff"] <= 1e-5, lora
+    assert lora["lora_a_spec"] == "P('fsdp',)" and lora["lora_a_frac"] == 0.25

@@ -86,7 +86,8 @@ class LoRAConfig:
         unknown = sorted(set(self.targets) - set(ALL_TARGETS))
         if unknown or not self.targets:
             raise ConfigError(
-                f"lora.targets: {unknown or 'empty'} not allowed; use a subset of {list(ALL_TARGETS)}"
+                f"lora.targets: {unknown or 'empty'} not allowed; "
+                f"use a subset of {list(ALL_TARGETS)}"
             )
 
     @property

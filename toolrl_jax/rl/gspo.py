@@ -6,7 +6,8 @@ Shapes as in :mod:`toolrl_jax.rl.losses`: ``logprobs``, ``old_logprobs``, ``loss
 
 Sequence ratio (length-normalised likelihood ratio of the whole response ``y_i``)::
 
-    s_i = (pi(y_i | x) / pi_old(y_i | x))^(1 / |y_i|) = exp( (1/|y_i|) sum_t m_it (logp_it - old_it) )
+    s_i = (pi(y_i | x) / pi_old(y_i | x))^(1 / |y_i|)
+        = exp( (1/|y_i|) sum_t m_it (logp_it - old_it) )
 
 with ``|y_i| = sum_t m_it`` (the trained tokens of row i; multi-turn observations excluded). The
 log of ``s_i`` is capped at 10 before ``exp`` (as verl does) so that no ratio overflows.
