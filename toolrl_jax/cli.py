@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "write a model as a Hugging Face directory (config.json + safetensors + tokenizer)"),
     "plot": ("plot", "write PNG curves of a run directory's metrics"),
     "demo": ("demo", "the newcomer demo: train the default model on generated tool tasks"),
+    "envs": ("envs", "build / check FTRL-style tool environments from a scenario spec (configs/envs/)"),
 }
 
 

@@ -14,7 +14,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias, local dir, .gguf or hub id")
-    parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated")
+    parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated | envs")
     parser.add_argument("--categories", default=None,
                         help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
     parser.add_argument("--data", nargs="*", default=None, help="data file(s) for apibank / toolrl")
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-style", default="toolrl", help="toolrl | json_schema | compact")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-prompt-tokens", type=int, default=4096)
+    parser.add_argument("--max-turns", type=int, default=4, help="assistant turns per episode (envs)")
 
 
 def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_size: int,
@@ -72,6 +73,10 @@ def run(args) -> int:
     loaded = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(loaded.source.tokenizer_source)
     template = detect_template(tokenizer)
+    if args.benchmark == "envs":  # multi-turn on a built FTRL environment directory
+        from toolrl_jax.eval.envs import run_envs_eval
+
+        return run_envs_eval(args, loaded.model, tokenizer, template)
     predict = make_predict_fn(loaded.model, tokenizer, template,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                               max_prompt_tokens=args.max_prompt_tokens)

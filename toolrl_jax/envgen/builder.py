@@ -55,7 +55,7 @@ LEVELS = ("single", "parallel", "sequential", "multihop", "missing_info")
 FORMAT_VERSION = 1
 
 WRAPPERS = ("{q}.", "Please {q}.", "Could you {q}?", "I'd like you to {q}.", "Hi, can you {q}?",
-            "Can you help me {q}?", "I need you to {q}.")
+            "I need you to {q}.")
 PARALLEL = ("{a} and {b}", "{a}, and also {b}", "both {a} and {b}")
 SEQUENCE = ("{a}, then {b}", "first {a} and then {b}", "{a}; after that, {b}")
 ASK = ("To {clause}, I need to know {ask}. Could you tell me?",
