@@ -355,7 +355,7 @@ def _consumers(spec: DomainSpec, target: str, *, allow_delete: bool = True) -> l
                 if op.kind == "delete" and not allow_delete:
                     continue
                 out.append((op, p.name))
-            elif e.fields[p.field].ref == target and p.match in ("eq", "set", "key"):
+            elif e.fields[p.field].ref == target and p.match in ("eq", "key"):
                 out.append((op, p.name))
     return out
 

@@ -445,11 +445,6 @@ def _operation(c: _Checker, name: str, raw, entities: Mapping[str, EntitySpec], 
     if kind == "create" and key_params:
         c.fail(path + ("params", key_params[0].name), f"operation '{name}': create makes the key "
                f"'{entity.key}' itself", "remove that param")
-    if kind == "create":
-        for fname, fspec in entity.fields.items():
-            if fname != entity.key and not any(p.field == fname for p in params.values()) \
-                    and fname not in (raw.get("sets") or {}) and not fspec.nullable:
-                pass  # filled from the field's generator defaults at create time
     returns = raw.get("returns", [])
     if kind in ("read", "search", "create", "update"):
         if not isinstance(returns, list) or not returns:

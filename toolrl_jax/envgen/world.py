@@ -54,9 +54,8 @@ class Snapshot:
 
 def _param_schema(p: ParamSpec, spec: DomainSpec) -> dict:
     schema: dict[str, Any] = {"type": JSON_TYPE[p.type]}
-    values = p.values
-    if values and p.type in ("enum",) or (values and p.type == "str" and p.field is None):
-        schema["enum"] = list(values)
+    if p.values and (p.type == "enum" or (p.type == "str" and p.field is None)):
+        schema["enum"] = list(p.values)
     desc = p.description or (spec.entities[p.entity].fields[p.field].description
                              if p.field and p.entity else "")
     if p.type == "date":
