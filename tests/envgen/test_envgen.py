@@ -326,3 +326,37 @@ def test_evaluate_envs_on_scripted_completions(built):
     assert set(res["per_level"]) == set(LEVELS)
     silent = evaluate_envs(tasks, texts_episodes_fn({}))
     assert silent["overall"]["success_rate"] == 0.0 and silent["overall"]["subgoal_completion"] == 0.0
+
+
+class _CharTokenizer:
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(map(chr, ids))
+
+
+def test_trajectory_turns_follow_the_engine_log(built):
+    """Turns from a rollout Trajectory row: logged calls run, parse errors and calls the engine
+    never ran (max_turns) count as failed calls, a plain answer is a text turn."""
+    import numpy as np
+
+    from toolrl_jax.data.task import render_toolrl_output
+    from toolrl_jax.envgen import trajectory_turns
+
+    task = next(t for t in load_env_tasks(built["banking"][0]) if t.meta["level"] == "single")
+    call = task.ground_truth_calls[0]
+    texts = [render_toolrl_output([call]), "<think> x </think>\n<tool_call>\nnot json\n</tool_call>",
+             render_toolrl_output([call]), "<think> x </think>\n<response> done </response>"]
+    ids = [list(map(ord, t)) for t in texts]
+
+    class FakeTrajectory:
+        num_turns = np.array([4])
+        tool_calls = [[{"turn": 0, "name": call["name"], "arguments": call["arguments"], "ok": True},
+                       {"turn": 1, "name": None, "arguments": None, "ok": False}]]
+
+        @staticmethod
+        def turn_ids(row, turn):
+            return np.array(ids[turn])
+
+    turns = trajectory_turns(FakeTrajectory, 0, _CharTokenizer())
+    assert [len(t.calls) for t in turns] == [1, 0, 0, 0] and [t.failed_calls for t in turns] == [0, 1, 1, 0]
+    score = score_task(task, turns)
+    assert score.success and score.turn_rewards == pytest.approx([1.0, 0.0, 0.0, 1.0])
