@@ -360,3 +360,20 @@ def test_trajectory_turns_follow_the_engine_log(built):
     assert [len(t.calls) for t in turns] == [1, 0, 0, 0] and [t.failed_calls for t in turns] == [0, 1, 1, 0]
     score = score_task(task, turns)
     assert score.success and score.turn_rewards == pytest.approx([1.0, 0.0, 0.0, 1.0])
+
+
+def test_paraphrase_and_distractor_knobs():
+    spec = load_spec(SPECS["travel"])
+    plain = build_tasks(spec, BuildOptions(num_tasks=20, paraphrase=False, distractors=0)).tasks
+    varied = build_tasks(spec, BuildOptions(num_tasks=20, paraphrase=True, distractors=2)).tasks
+    wrappers = {t.query.split()[0] for t in varied}
+    assert all(t.query.endswith(".") and not t.query.startswith(("Please", "Could", "Hi")) for t in plain)
+    assert len(wrappers) > 2
+    for t in plain:
+        needed = {c["name"] for turn in t.turns for c in turn.get("calls", ())}
+        assert set(t.tools) == needed | {g.tool for g in t.guards if g.kind == "not_called"}
+    assert all(len(t.tools) == len(set(t.tools)) for t in varied)
+    for t in varied:
+        needed = {c["name"] for turn in t.turns for c in turn.get("calls", ())}
+        needed |= {g.tool for g in t.guards if g.kind == "not_called"}
+        assert needed <= set(t.tools) and len(t.tools) == len(needed) + 2
