@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="alias, local dir, .gguf or hub id (default smollm2-135m); "
                         "with --endpoint, the served model's name")
-    parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated")
+    parser.add_argument("--benchmark", required=True,
+                        help="bfcl | apibank | toolrl | generated | envs")
     parser.add_argument("--categories", default=None,
                         help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
     parser.add_argument("--data", nargs="*", default=None, help="data file(s) for apibank / toolrl")
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-style", default="toolrl", help="toolrl | json_schema | compact")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-prompt-tokens", type=int, default=4096)
+    parser.add_argument("--max-turns", type=int, default=4, help="assistant turns per episode (envs)")
     served = parser.add_argument_group("served model (OpenAI-compatible chat-completions endpoint)")
     served.add_argument("--endpoint", default=None,
                         help="score a model served at this API root, e.g. http://HOST:PORT/v1 (vLLM, SGLang)")
@@ -106,10 +108,23 @@ def local_predict(args):
                            max_prompt_tokens=args.max_prompt_tokens)
 
 
+def envs_eval(args) -> int:
+    """Multi-turn evaluation on a built FTRL environment directory (``--benchmark envs``)."""
+    from toolrl_jax.chat import detect_template, load_tokenizer
+    from toolrl_jax.eval.envs import run_envs_eval
+    from toolrl_jax.models.registry import DEFAULT_MODEL, load_model
+
+    loaded = load_model(args.model or DEFAULT_MODEL, dtype=args.dtype)
+    tokenizer = load_tokenizer(loaded.source.tokenizer_source)
+    return run_envs_eval(args, loaded.model, tokenizer, detect_template(tokenizer))
+
+
 def run(args) -> int:
     from toolrl_jax.eval.run import report_and_save, run_benchmark
     from toolrl_jax.models.registry import DEFAULT_MODEL
 
+    if args.benchmark == "envs":
+        return envs_eval(args)
     predict = endpoint_predict(args) if args.endpoint else local_predict(args)
     data = args.data[0] if args.data and len(args.data) == 1 else args.data
     bar = _ProgressBar()

@@ -8,14 +8,17 @@ sub-goals it solves.
 A turn whose k calls all solve open goals scores 2k/(k+1) (1 for one call, -> 2 for many); every
 extra or useless call dilutes it; answering early costs 1/(1+u).
 
-Host side: :func:`ftrl_turn_counts` matches a turn's calls to the open sub-goals (each sub-goal is
-an expected :class:`~toolrl_jax.toolcalls.parse.ToolCall`, solved at most once). Device side:
+Host side: :func:`ftrl_turn_counts` matches a turn's calls to the open sub-goals (by default each
+sub-goal is an expected :class:`~toolrl_jax.toolcalls.parse.ToolCall`; any goal type works with a
+``solves(call, goal)`` matcher, e.g. the state predicates of ``toolrl_jax.envgen.episode``); each
+sub-goal is solved at most once and each call solves at most one. Device side:
 :func:`ftrl_turn_reward` (jitted, any shape).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -25,22 +28,36 @@ from toolrl_jax.toolcalls.parse import ToolCall
 
 __all__ = ["ftrl_turn_counts", "ftrl_turn_reward"]
 
+G = TypeVar("G")
+
 
 def _call_key(call: ToolCall, equality: str) -> int:
     return value_id({"name": call.name, "arguments": dict(call.arguments)}, equality)
 
 
 def ftrl_turn_counts(
-    calls: Sequence[ToolCall],
-    open_goals: Sequence[ToolCall],
+    calls: Sequence[Any],
+    open_goals: Sequence[G],
     equality: str = "strict",
-) -> tuple[int, int, list[ToolCall]]:
+    *,
+    solves: Callable[[Any, G], bool] | None = None,
+) -> tuple[int, int, list[G]]:
     """(s, k, goals still open after this turn) for one tool-call turn.
 
-    A call solves an open goal when its name and arguments equal the goal's (``equality`` as in
-    the ToolRL encoder); each goal is solved at most once, duplicate calls solve nothing more.
+    k = len(calls) (failed calls included). Without ``solves``, a call solves an open goal when
+    its name and arguments equal the goal's (``equality`` as in the ToolRL encoder); with it, a
+    call solves the first open goal ``g`` with ``solves(call, g)``. Each goal is solved at most
+    once, so duplicate calls solve nothing more.
     """
     remaining = list(open_goals)
+    if solves is not None:
+        s = 0
+        for call in calls:
+            j = next((i for i, g in enumerate(remaining) if solves(call, g)), None)
+            if j is not None:
+                remaining.pop(j)
+                s += 1
+        return s, len(calls), remaining
     keys = [_call_key(g, equality) for g in remaining]
     s = 0
     for call in calls:
