@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import typing
 
 import numpy as np
@@ -23,6 +24,8 @@ from toolrl_jax.train.environments import ENVIRONMENTS
 from toolrl_jax.train.rewards import REWARD_COMPONENTS
 from toolrl_jax.train.sources import DATA_SOURCES
 from toolrl_jax.train.strategies import ROLLOUT_STRATEGIES, PromptDraw, RolloutBatch
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _leaves(cls, prefix=""):
@@ -84,8 +87,9 @@ def test_registry_and_config_errors_name_the_fix(override, message):
 def test_registries_list_the_builtins():
     assert {"grpo", "dr_grpo", "rloo", "batch_norm", "group_mean_batch_std"} <= set(ESTIMATORS)
     assert {"toolrl", "otc", "overlong", "tool_star", "retool"} <= set(REWARD_COMPONENTS)
-    assert {"generated", "toolrl", "apibank", "bfcl", "bfcl_multi_turn"} <= set(DATA_SOURCES)
-    assert {"none", "generated_tools", "bfcl_multi_turn"} <= set(ENVIRONMENTS)
+    assert {"generated", "toolrl", "apibank", "bfcl", "bfcl_multi_turn", "envgen"} <= set(DATA_SOURCES)
+    assert {"none", "generated_tools", "bfcl_multi_turn", "envgen"} <= set(ENVIRONMENTS)
+    assert "ftrl" in REWARD_COMPONENTS
     assert "groups" in ROLLOUT_STRATEGIES
 
 
@@ -108,15 +112,20 @@ def _one_step(cfg):
     return trainer, metrics
 
 
+#: components that only score their own kind of task, run with that data source below
+OWN_DATA_COMPONENTS = {"ftrl": "envgen"}
+
+
 @pytest.mark.slow
 def test_every_reward_component_in_one_step(tiny_model_dir, tmp_path):
-    weights = ",".join(f"{name}: 1.0" for name in REWARD_COMPONENTS.names())
+    names = [n for n in REWARD_COMPONENTS.names() if n not in OWN_DATA_COMPONENTS]
+    weights = ",".join(f"{name}: 1.0" for name in names)
     cfg = load_config(TrainConfig, None, _overrides(tiny_model_dir, tmp_path,
                                                     f"reward.components={{{weights}}}"))
     _, m = _one_step(cfg)
-    for name in REWARD_COMPONENTS.names():
+    for name in names:
         assert math.isfinite(m[f"reward/{name}"]), name
-    parts = sum(m[f"reward/{name}"] for name in REWARD_COMPONENTS.names())
+    parts = sum(m[f"reward/{name}"] for name in names)
     assert m["reward"] == pytest.approx(parts, rel=1e-5, abs=1e-5)  # R = sum_c w_c r_c
     assert math.isfinite(m["loss"]) and m["groups"] == 2
 
@@ -131,25 +140,40 @@ SOURCES = [  # (data source, environment, extra overrides); together they cover 
     ("bfcl_multi_turn", "bfcl_multi_turn", ["data.path=multi_turn_base", "rollout.max_turns=2",
                                             "rollout.max_obs_tokens=16",
                                             "data.max_prompt_tokens=100000"]),
+    ("envgen", "envgen", ["data.path={envs}", "rollout.max_turns=2", "rollout.max_obs_tokens=16",
+                          "data.max_prompt_tokens=4096", "reward.components={{toolrl: 1.0, ftrl: 1.0}}"]),
 ]
+
+
+@pytest.fixture(scope="module")
+def built_env_dir(tmp_path_factory):
+    from toolrl_jax.envgen import BuildOptions, build_env_dir
+
+    out = tmp_path_factory.mktemp("banking_env")
+    build_env_dir(REPO / "configs" / "envs" / "banking.yaml", out, BuildOptions(num_tasks=20))
+    return out
 
 
 def test_source_table_covers_every_registered_entry():
     sources = {s for s, _, _ in SOURCES} | {"toolrl_json", "toolrl_parquet"}  # aliases of toolrl
     assert sources == set(DATA_SOURCES.names())
     assert {e for _, e, _ in SOURCES} == set(ENVIRONMENTS.names())
+    for name, source in OWN_DATA_COMPONENTS.items():
+        assert any(s == source and f"{name}: 1.0" in " ".join(x) for s, _, x in SOURCES), name
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source, env, extra", SOURCES, ids=[f"{s}-{e}" for s, e, _ in SOURCES])
 def test_every_data_source_and_environment_one_step(tiny_model_dir, tmp_path, shared_data,
-                                                    source, env, extra):
-    extra = [e.format(data=shared_data) for e in extra]
+                                                    built_env_dir, source, env, extra):
+    extra = [e.format(data=shared_data, envs=built_env_dir) for e in extra]
     cfg = load_config(TrainConfig, None, _overrides(tiny_model_dir, tmp_path, f"data.source={source}",
                                                     f"env.name={env}", *extra))
     trainer, m = _one_step(cfg)
     assert trainer.train_tasks and math.isfinite(m["loss"]) and math.isfinite(m["reward"])
     assert (trainer.environment is None) == (env == "none")
+    if source == "envgen":
+        assert 0.0 <= m["reward/ftrl"] <= 1.0 and "reward/ftrl_success" in m
 
 
 # ----------------------------------------------------------------------------- dynamic sampling

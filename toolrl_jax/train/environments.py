@@ -18,6 +18,7 @@ from typing import Literal
 
 from toolrl_jax.data import GENERATED_TOOLS
 from toolrl_jax.data.task import ToolTask
+from toolrl_jax.envgen import env_for_tasks
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.registry import Registry
 from toolrl_jax.rollout.engine import tool_call_extractor
@@ -105,3 +106,9 @@ def bfcl_multi_turn(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Enviro
     """BFCL v4's executable multi-turn backends, one instance set per trajectory."""
     env = BFCLEnvironment.for_tasks(list(tasks))
     return environment_from_config(cfg, executor_from_config(cfg, environment=env))
+
+
+@ENVIRONMENTS.register("envgen")
+def envgen(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Environment:
+    """Built FTRL environments (``data.source=envgen``): one seeded world per trajectory."""
+    return environment_from_config(cfg, executor_from_config(cfg, environment=env_for_tasks(tasks)))

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from toolrl_jax.data.task import ToolTask
+from toolrl_jax.envgen import score_task, trajectory_turns
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.registry import Registry
 from toolrl_jax.rewards.config import ToolRLRewardConfig
@@ -226,3 +227,18 @@ def retool(ctx: RewardContext, cfg: OutcomeRewardConfig) -> ComponentScore:
     golds = [str(t.meta.get("answer", t.ground_truth)) for t in ctx.tasks]
     return ComponentScore(retool_reward(ctx.completion_texts, golds, correct=cfg.correct,
                                         wrong=cfg.wrong))
+
+
+@REWARD_COMPONENTS.register("ftrl")
+def ftrl(ctx: RewardContext, cfg: None) -> ComponentScore:
+    """FTRL (arXiv 2508.08791) on built environments: per turn ``2s/(k+1)`` (s calls solving a
+    still-open sub-goal, k calls), a text answer ``1/(1+#unsolved)``. Until per-turn credit
+    reaches the loss, a trajectory's reward is the mean of its turn rewards; sub-goal completion
+    and final-state success are logged as parts."""
+    syntax = ctx.config.toolrl.syntax
+    episodes = [score_task(task, trajectory_turns(ctx.trajectory, i, ctx.tokenizer, syntax))
+                for i, task in enumerate(ctx.tasks)]
+    values = np.array([np.mean(e.turn_rewards) if e.turn_rewards else 0.0 for e in episodes])
+    return ComponentScore(values.astype(np.float32), {
+        "success": np.array([e.success for e in episodes], np.float32),
+        "completion": np.array([e.completion for e in episodes], np.float32)})

@@ -19,6 +19,7 @@ import numpy as np
 
 from toolrl_jax.data import load_apibank, load_bfcl, load_toolrl, train_heldout_split
 from toolrl_jax.data.task import ToolTask
+from toolrl_jax.envgen import load_env_tasks
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.registry import Registry
 from toolrl_jax.tools.bfcl_env import bfcl_training_tasks
@@ -138,3 +139,9 @@ def bfcl(cfg: DataConfig) -> TaskSplit:
 def bfcl_multi_turn(cfg: DataConfig) -> TaskSplit:
     """Turn 0 of BFCL multi-turn entries (``data.path`` = category, default multi_turn_base)."""
     return _from_loaded(bfcl_training_tasks(cfg.path or "multi_turn_base"), cfg)
+
+
+@DATA_SOURCES.register("envgen")
+def envgen(cfg: DataConfig) -> TaskSplit:
+    """Tasks of an FTRL environment directory built by ``toolrl-jax envs build`` (``data.path``)."""
+    return split_heldout(load_env_tasks(_need_path(cfg)), cfg)
