@@ -101,6 +101,9 @@ class ToolCallBatch(NamedTuple):
 
 
 # ------------------------------------------------------------------------ canonical values
+_MAX_SHAPE = 64  # largest max_calls / max_args a config accepts
+
+
 class _TooDeep(Exception):
     pass
 
@@ -344,8 +347,14 @@ def parse_ground_truth(ground_truth: str, config: ToolRLRewardConfig, *, _nan_id
 
 
 def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
-                       parsed: ParsedCompletion | None = None) -> tuple[bool, tuple[_Call, ...], str]:
-    """(ok, calls, reason) for a stripped completion text (``parsed``: its parse, if done already)."""
+                       parsed: ParsedCompletion | None = None,
+                       max_calls: int | None = None) -> tuple[bool, tuple[_Call, ...], str]:
+    """(ok, calls, reason) for a stripped completion text (``parsed``: its parse, if done already).
+
+    At most ``max_calls + 1`` calls (default ``config.max_calls``) are encoded: one more than
+    fits already overflows, so a completion of 10,000 calls costs no more than one of 9.
+    """
+    cap = (config.max_calls if max_calls is None else max_calls) + 1
     if len(text) > config.max_chars:
         return False, (), f"completion longer than max_chars={config.max_chars}"
     if config.released_quirks:
@@ -356,7 +365,7 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
         if raw is None:
             return False, (), "a <tool_call> line is not JSON"
         calls = []
-        for k, obj in enumerate(raw, 1):
+        for k, obj in enumerate(raw[:cap], 1):
             if not isinstance(obj, dict) or "name" not in obj:
                 return False, (), f"call {k} is not an object with 'name'"
             try:
@@ -371,7 +380,7 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
     if not parsed.ok:
         return False, (), parsed.reason
     calls = []
-    for k, c in enumerate(parsed.tool_calls, 1):
+    for k, c in enumerate(parsed.tool_calls[:cap], 1):
         try:
             calls.append(_encode_call(c.name, c.arguments, None, config.equality, nan_ids))
         except ValueError as e:
@@ -486,7 +495,7 @@ def required_shape(completions: Sequence[str], ground_truths: Sequence[str],
             continue
         found = list(egt.calls)
         if egt.has_call and isinstance(text, str):
-            ok, pcalls, _ = _encode_prediction(text.strip(), config, nan_ids)
+            ok, pcalls, _ = _encode_prediction(text.strip(), config, nan_ids, max_calls=_MAX_SHAPE)
             if ok:
                 found_p = list(pcalls)
                 calls = max(calls, len(found_p))
