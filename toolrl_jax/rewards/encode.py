@@ -161,10 +161,10 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
         return "[" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + "]"
     if isinstance(v, tuple):
         return "(" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + ")"
-    if isinstance(v, dict):
-        items = sorted(_canon(k, lenient, nan_ids, depth + 1) + ":" + _canon(x, lenient, nan_ids, depth + 1)
-                       for k, x in v.items())
-        return "{" + ",".join(items) + "}"
+    if isinstance(v, dict):  # keys equal under the equality collapse, the last value wins (dict)
+        merged = {_canon(k, lenient, nan_ids, depth + 1): _canon(x, lenient, nan_ids, depth + 1)
+                  for k, x in v.items()}
+        return "{" + ",".join(sorted(k + ":" + x for k, x in merged.items())) + "}"
     if isinstance(v, (set, frozenset)):
         return "set{" + ",".join(sorted(_canon(x, lenient, nan_ids, depth + 1) for x in v)) + "}"
     if isinstance(v, bytes):
@@ -293,10 +293,14 @@ def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> 
     keys: tuple[int, ...] = ()
     vals: tuple[int, ...] = ()
     if not bad:
-        cks = [canon(k) for k in params]
-        cvs = [canon(v) for v in params.values()]
+        # Keys that are equal under the equality (lenient: " a" and "a") are one key, as in a
+        # dict of the normalised values: first position, last value. Counted twice they would
+        # push the key Jaccard above 1 and the reward out of its range.
+        merged = {canon(k): (canon(v), v) for k, v in params.items()}
+        cks = list(merged)
+        cvs = [c for c, _ in merged.values()]
         keys = tuple(_hash32(c) for c in cks)
-        vals = tuple(top_id(v, c) for v, c in zip(params.values(), cvs))
+        vals = tuple(top_id(v, c) for c, v in merged.values())
     if whole is None:
         c_params = "{" + ",".join(sorted(k + ":" + v for k, v in zip(cks, cvs))) + "}" if not bad else canon(params)
         c_whole = "{" + ",".join(sorted([canon("name") + ":" + c_name, canon("parameters") + ":" + c_params])) + "}"
