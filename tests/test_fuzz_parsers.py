@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -180,6 +181,7 @@ def test_fence_rewrite_matches_the_regex_on_fence_shapes():
 MB = 1_000_000
 
 
+@functools.lru_cache(maxsize=1)
 def _adversarial() -> dict[str, str]:
     def fill(unit: str, head: str = "", tail: str = "", size: int = MB) -> str:
         body = unit * ((size - len(head) - len(tail)) // len(unit))
