@@ -89,6 +89,8 @@ def test_abandoned_threads_are_bounded():
     while executor.abandoned_calls and time.monotonic() < deadline:
         time.sleep(0.01)
     assert executor.run("t", [ToolCall("ok")])[0].text == "fine"  # the hung ones returned
+    with ToolExecutor([ok], max_abandoned=0) as strict:  # none tolerated, none hung: calls run
+        assert strict.run("t", [ToolCall("ok")])[0].text == "fine"
 
 
 def test_deeply_nested_json_arguments_are_a_bad_arguments_result():

@@ -208,7 +208,7 @@ class ToolExecutor:
                     f"invalid arguments for tool '{display}': {'; '.join(errors)}"))
         with self._lock:
             hung = self._abandoned
-        if hung >= self.max_abandoned:
+        if hung and hung >= self.max_abandoned:
             return _Pending.done(self._error(
                 display, "timeout", f"tool '{display}' was not run: {hung} earlier tool calls are "
                 f"still hung (max_abandoned={self.max_abandoned})"))
@@ -216,8 +216,12 @@ class ToolExecutor:
         if state_param:
             arguments = {**arguments, state_param: state}
         pending = _Pending(name=display, started=time.monotonic())
-        threading.Thread(target=self._supervise, args=(pending, tool, arguments),
-                         name=f"tool-supervisor-{display}", daemon=True).start()
+        try:
+            threading.Thread(target=self._supervise, args=(pending, tool, arguments),
+                             name=f"tool-supervisor-{display}", daemon=True).start()
+        except RuntimeError as exc:  # "can't start new thread": the host is out of threads
+            return _Pending.done(self._error(display, "exception",
+                                             f"tool '{display}' could not be started: {exc}"))
         return pending
 
     def _supervise(self, pending: _Pending, tool: Tool, arguments: dict) -> None:
@@ -230,7 +234,12 @@ class ToolExecutor:
         pending.started = time.monotonic()
         worker = threading.Thread(target=self._work, args=(pending, tool, arguments),
                                   name=f"tool-{pending.name}", daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError as exc:  # out of threads: a result, never a caller waiting forever
+            pending.result = self._error(pending.name, "exception",
+                                         f"tool '{pending.name}' could not be started: {exc}")
+            pending.returned.set()
         pending.returned.wait(self.timeout_s)
         with self._lock:
             if pending.result is None:  # the deadline passed: abandon the worker thread
