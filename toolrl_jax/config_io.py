@@ -4,7 +4,10 @@ A config is a tree of frozen ``kw_only`` dataclasses. ``load_config(Cls, path, [
 reads the YAML file, applies ``key=value`` overrides (values parsed as YAML scalars, so
 ``lr=1e-6``, ``flag=true``, ``name=null`` work), checks every key against the dataclass fields
 and converts values to the annotated types. An unknown or mistyped key raises
-:class:`~toolrl_jax.errors.ConfigError` naming the key and the closest valid one.
+:class:`~toolrl_jax.errors.ConfigError` naming the key and the closest valid one. A NaN or
+infinite number anywhere (``optim.learning_rate=.nan``, ``"inf"`` for a float field, inside a
+mapping such as ``reward.components``) is refused the same way: no config value needs one, and
+one NaN turns a whole run into NaN.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import pathlib
 import types
 import typing
@@ -100,19 +104,35 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
                 pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        _check_finite(number, where)
+        return number
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Raises ConfigError naming the key of the first NaN / infinite number inside ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{where}[{i}]")
 
 
 def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
@@ -123,6 +143,7 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         full = f"{where}.{key}" if where else key
         if key not in fields:
             raise ConfigError(f"unknown config key '{full}': {_suggest(key, fields)}")
+        _check_finite(value, full)
         kwargs[key] = _convert(value, hints[key], full)
         default = fields[key].default_factory
         if isinstance(kwargs[key], dict) and default is not dataclasses.MISSING:

@@ -73,6 +73,10 @@ CASES = {
         "    try:\n        open(path, 'w').write('pwned')\n    except OSError:\n"
         "        failures += 1\nprint(failures)\nraise SystemExit(1 if failures else 0)\n",
         "error", uid_mode_only=True),
+    "inherited_descriptors": Case(  # issue 10: an inherited handle of the real /tmp
+        "import os\nescaped = []\nfor fd in range(3, 1024):\n    try:\n"
+        "        os.close(os.open('toolrl_escape', os.O_CREAT | os.O_WRONLY, dir_fd=fd))\n"
+        "        escaped.append(fd)\n    except OSError:\n        pass\nprint(escaped)\n", "ok"),
     "tmp_litter": Case(f"open({TMP_LITTER!r}, 'w').write('x')\nprint('littered')\n", "ok"),
     "read_environ": Case(
         "import os\nprint(open('/proc/self/environ').read().replace('\\0', '\\n'))\n"
@@ -189,6 +193,7 @@ def test_outputs_of_hostile_programs(results):
     assert stdout["huge_file"] == "27 1000000\n"  # EFBIG, the file stops at RLIMIT_FSIZE
     if UID_MODE:  # with a shared uid the limit also counts the other runs' tasks
         assert 0 < int(stdout["thread_spawner"]) < 16
+    assert stdout["inherited_descriptors"] == "[]\n"
     assert stdout["orphan_sleepers"] == "parent leaves\n"
     assert stdout["detached_subprocess"] == "detached\n"
     assert stdout["double_fork_daemon"] == "daemonized\n"

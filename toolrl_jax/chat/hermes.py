@@ -15,9 +15,10 @@ JSON is written like transformers' Jinja `tojson`: `json.dumps(x, ensure_ascii=F
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from toolrl_jax.toolcalls.parse import tool_call_blocks
 
 __all__ = [
     "format_tool_call",
@@ -76,19 +77,17 @@ def render_tool_responses(results: Sequence[str]) -> str:
     return "\n".join(f"<tool_response>\n{r}\n</tool_response>" for r in results)
 
 
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-
-
 def parse_tool_calls(text: str) -> list[dict[str, Any]]:
     """Tool calls in model output, as `{"name": str, "arguments": dict}`; never raises.
 
     Each `<tool_call>...</tool_call>` block must hold one JSON object with a string `name` and
-    an object `arguments` (or `parameters`); blocks that do not are skipped.
+    an object `arguments` (or `parameters`); blocks that do not are skipped, and so is an
+    unclosed `<tool_call>` at the end. Linear in the text (`toolcalls.parse.tool_call_blocks`).
     """
     calls: list[dict[str, Any]] = []
     if not isinstance(text, str):
         return calls
-    for block in _TOOL_CALL_BLOCK.findall(text):
+    for block in tool_call_blocks(text)[0]:
         try:
             obj = json.loads(block.strip())
         except (ValueError, RecursionError):

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categories", default=None,
                         help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
     parser.add_argument("--data", nargs="*", default=None, help="data file(s) for apibank / toolrl")
-    parser.add_argument("--limit", type=int, default=None, help="at most N tasks per category/file")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="at most N tasks per category/file (N >= 1)")
     parser.add_argument("--output", default=None, help="write JSON results here")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16, help="decode slots")
@@ -40,6 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     served.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     served.add_argument("--retries", type=int, default=3, help="retries of a failed request")
     served.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--limit -1`` used to evaluate nothing and exit 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_size: int,

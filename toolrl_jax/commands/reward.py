@@ -3,19 +3,47 @@
 Input lines: ``{"id": ..., "completion": "<assistant text>", "ground_truth": "<ToolRL target>",
 "step": 0}`` (``step`` optional, default ``--step``). Output lines: ``{"id", "total", "format",
 "correctness", "length"}`` in input order. A bad line is reported on stderr with its line number
-and skipped; the others are scored (exit status 1 if any line was skipped, else 0).
+and skipped; the others are scored (exit status 1 if any line was skipped, else 0). Bad lines:
+not a JSON object, a missing or non-string field, a ``step`` outside [0, 2**31 - 1], an
+unreadable ground truth, or one with more than 64 calls / arguments (the reward's static shape).
+Output is standard JSON: a NaN or infinite ``id`` is written as the string "NaN" / "Infinity".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 
 from toolrl_jax.errors import ConfigError, DataError
 
 CHUNK = 1024
+MAX_STEP = 2**31 - 1  # steps enter the jitted reward as int32
+MAX_SHAPE = 64  # the reward config's largest max_calls / max_args
+
+
+def _step_arg(text: str) -> int:
+    """argparse type of --step: an integer in [0, MAX_STEP]."""
+    try:
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= step <= MAX_STEP:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_STEP}], got {step}")
+    return step
+
+
+def _json_safe(value):
+    """``value`` with NaN / infinities replaced by the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--equality", choices=["strict", "lenient"], help="value equality (default strict)")
     parser.add_argument("--syntax", choices=["toolrl", "hermes", "python", "auto"],
                         help="call syntax of completions (default toolrl)")
-    parser.add_argument("--step", type=int, default=0, help="training step for scheduled variants (default 0)")
+    parser.add_argument("--step", type=_step_arg, default=0,
+                        help="training step for scheduled variants (default 0)")
     parser.add_argument("--check", action="store_true",
                         help="also score every line with the plain-Python reference and report differences")
 
@@ -80,8 +109,8 @@ def _read(path: pathlib.Path, default_step: int):
             bad.append((no, "completion and ground_truth must be strings"))
             continue
         step = obj.get("step", default_step)
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            bad.append((no, f"step must be a non-negative integer, got {step!r}"))
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+            bad.append((no, f"step must be an integer in [0, {MAX_STEP}], got {step!r}"))
             continue
         rows.append((no, obj["id"], obj["completion"], obj["ground_truth"], step))
     return rows, bad
@@ -103,13 +132,19 @@ def run(args) -> int:
     config = _config(args)
     rows, bad = _read(pathlib.Path(args.input), args.step)
 
-    good = []  # drop lines whose ground truth cannot be read
+    good = []  # drop lines whose ground truth cannot be read or does not fit the largest shape
     for row in rows:
         try:
-            parse_ground_truth(row[3], config)
-            good.append(row)
+            egt = parse_ground_truth(row[3], config)
         except DataError as e:
             bad.append((row[0], f"ground_truth: {e}"))
+            continue
+        n_args = max((len(c.keys) for c in egt.calls), default=0)
+        if len(egt.calls) > MAX_SHAPE or n_args > MAX_SHAPE:
+            bad.append((row[0], f"ground_truth has {len(egt.calls)} calls / {n_args} arguments in a "
+                                f"call, more than the {MAX_SHAPE} the reward supports"))
+            continue
+        good.append(row)
     rows = good
 
     if rows:
@@ -133,7 +168,7 @@ def run(args) -> int:
         out = toolrl_reward(batch, steps, config)
         arrs = {f: np.asarray(getattr(out, f)) for f in ("total", "format", "correctness", "length")}
         for i, r in enumerate(chunk):
-            results[r[0]] = {"id": r[1], **{f: float(arrs[f][i]) for f in arrs}}
+            results[r[0]] = {"id": _json_safe(r[1]), **{f: float(arrs[f][i]) for f in arrs}}
 
     if args.check and rows:
         from toolrl_jax.rewards.reference import reference_reward
@@ -160,7 +195,7 @@ def run(args) -> int:
         if no:
             print(f"{args.input}:{no}: {reason}; skipped", file=sys.stderr)
 
-    text = "".join(json.dumps(results[no]) + "\n" for no in sorted(results))
+    text = "".join(json.dumps(results[no], allow_nan=False) + "\n" for no in sorted(results))
     if args.output:
         try:
             pathlib.Path(args.output).write_text(text, encoding="utf-8")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from toolrl_jax.data.apibank import load_apibank
 from toolrl_jax.data.task import ToolTask
+from toolrl_jax.errors import DataError
 from toolrl_jax.eval.calls import parse_calls
 
 PredictFn = Callable[[Sequence[ToolTask]], Sequence[str]]
@@ -116,7 +117,7 @@ def evaluate_apibank(
     """Loads API-Bank file(s) in ToolRL's processed format and scores ``predict_fn`` per level.
 
     ``limit`` keeps the first N cases of each file. Skipped bad records are reported under
-    ``"skipped"``.
+    ``"skipped"``. A file with no usable case (another benchmark's format) is a DataError.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -124,6 +125,10 @@ def evaluate_apibank(
     skipped = {}
     for p in paths:
         loaded = load_apibank(p, limit=limit)
+        if not loaded.tasks:  # another format (BFCL, ToolRL parquet as JSON, ...): not "Overall 0.00"
+            raise DataError(f"{p}: no API-Bank case ({loaded.summary()}); --benchmark apibank "
+                            "needs ToolRL's processed API-Bank JSON: a list of {system, user, "
+                            "answer} records (e.g. level-1-api_processed.json)")
         tasks.extend(loaded.tasks)
         if loaded.skipped:
             skipped[str(p)] = dict(loaded.skip_reasons)

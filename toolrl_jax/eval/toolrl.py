@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
-from toolrl_jax.data.task import RESPONSE_RE, ToolTask
+from toolrl_jax.data.task import ToolTask, has_response
 from toolrl_jax.errors import ToolRLError
 from toolrl_jax.eval.calls import parse_calls
 
@@ -43,7 +43,7 @@ def exact_match(task: ToolTask, completion: str, syntax: str = "auto") -> bool:
     """ToolRL-test exact match (see module docstring)."""
     calls = parse_calls(completion, syntax)
     if not task.ground_truth_calls:
-        return calls == [] and bool(RESPONSE_RE.search(completion or ""))
+        return calls == [] and has_response(completion or "")
     if not calls:
         return False
     return Counter(_call_key(c) for c in calls) == Counter(_call_key(c) for c in task.ground_truth_calls)

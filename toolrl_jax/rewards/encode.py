@@ -101,6 +101,9 @@ class ToolCallBatch(NamedTuple):
 
 
 # ------------------------------------------------------------------------ canonical values
+_MAX_SHAPE = 64  # largest max_calls / max_args a config accepts
+
+
 class _TooDeep(Exception):
     pass
 
@@ -158,10 +161,10 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
         return "[" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + "]"
     if isinstance(v, tuple):
         return "(" + ",".join(_canon(x, lenient, nan_ids, depth + 1) for x in v) + ")"
-    if isinstance(v, dict):
-        items = sorted(_canon(k, lenient, nan_ids, depth + 1) + ":" + _canon(x, lenient, nan_ids, depth + 1)
-                       for k, x in v.items())
-        return "{" + ",".join(items) + "}"
+    if isinstance(v, dict):  # keys equal under the equality collapse, the last value wins (dict)
+        merged = {_canon(k, lenient, nan_ids, depth + 1): _canon(x, lenient, nan_ids, depth + 1)
+                  for k, x in v.items()}
+        return "{" + ",".join(sorted(k + ":" + x for k, x in merged.items())) + "}"
     if isinstance(v, (set, frozenset)):
         return "set{" + ",".join(sorted(_canon(x, lenient, nan_ids, depth + 1) for x in v)) + "}"
     if isinstance(v, bytes):
@@ -290,10 +293,14 @@ def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> 
     keys: tuple[int, ...] = ()
     vals: tuple[int, ...] = ()
     if not bad:
-        cks = [canon(k) for k in params]
-        cvs = [canon(v) for v in params.values()]
+        # Keys that are equal under the equality (lenient: " a" and "a") are one key, as in a
+        # dict of the normalised values: first position, last value. Counted twice they would
+        # push the key Jaccard above 1 and the reward out of its range.
+        merged = {canon(k): (canon(v), v) for k, v in params.items()}
+        cks = list(merged)
+        cvs = [c for c, _ in merged.values()]
         keys = tuple(_hash32(c) for c in cks)
-        vals = tuple(top_id(v, c) for v, c in zip(params.values(), cvs))
+        vals = tuple(top_id(v, c) for c, v in merged.values())
     if whole is None:
         c_params = "{" + ",".join(sorted(k + ":" + v for k, v in zip(cks, cvs))) + "}" if not bad else canon(params)
         c_whole = "{" + ",".join(sorted([canon("name") + ":" + c_name, canon("parameters") + ":" + c_params])) + "}"
@@ -344,8 +351,14 @@ def parse_ground_truth(ground_truth: str, config: ToolRLRewardConfig, *, _nan_id
 
 
 def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
-                       parsed: ParsedCompletion | None = None) -> tuple[bool, tuple[_Call, ...], str]:
-    """(ok, calls, reason) for a stripped completion text (``parsed``: its parse, if done already)."""
+                       parsed: ParsedCompletion | None = None,
+                       max_calls: int | None = None) -> tuple[bool, tuple[_Call, ...], str]:
+    """(ok, calls, reason) for a stripped completion text (``parsed``: its parse, if done already).
+
+    At most ``max_calls + 1`` calls (default ``config.max_calls``) are encoded: one more than
+    fits already overflows, so a completion of 10,000 calls costs no more than one of 9.
+    """
+    cap = (config.max_calls if max_calls is None else max_calls) + 1
     if len(text) > config.max_chars:
         return False, (), f"completion longer than max_chars={config.max_chars}"
     if config.released_quirks:
@@ -356,7 +369,7 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
         if raw is None:
             return False, (), "a <tool_call> line is not JSON"
         calls = []
-        for k, obj in enumerate(raw, 1):
+        for k, obj in enumerate(raw[:cap], 1):
             if not isinstance(obj, dict) or "name" not in obj:
                 return False, (), f"call {k} is not an object with 'name'"
             try:
@@ -371,7 +384,7 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
     if not parsed.ok:
         return False, (), parsed.reason
     calls = []
-    for k, c in enumerate(parsed.tool_calls, 1):
+    for k, c in enumerate(parsed.tool_calls[:cap], 1):
         try:
             calls.append(_encode_call(c.name, c.arguments, None, config.equality, nan_ids))
         except ValueError as e:
@@ -486,7 +499,7 @@ def required_shape(completions: Sequence[str], ground_truths: Sequence[str],
             continue
         found = list(egt.calls)
         if egt.has_call and isinstance(text, str):
-            ok, pcalls, _ = _encode_prediction(text.strip(), config, nan_ids)
+            ok, pcalls, _ = _encode_prediction(text.strip(), config, nan_ids, max_calls=_MAX_SHAPE)
             if ok:
                 found_p = list(pcalls)
                 calls = max(calls, len(found_p))

@@ -18,6 +18,7 @@ Device side: :func:`outcome_reward` (jitted ``where(correct, hi, lo)``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib.util
 import multiprocessing
 import threading
 from collections.abc import Sequence
@@ -31,7 +32,8 @@ import numpy as np
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rewards import _math_worker
 
-__all__ = ["MathVerifier", "OutcomeRewardConfig", "extract_boxed", "outcome_reward", "retool_reward"]
+__all__ = ["MathVerifier", "OutcomeRewardConfig", "extract_boxed", "outcome_reward", "require_math_verify",
+           "retool_reward"]
 
 _MAX_SCAN = 100_000
 
@@ -67,6 +69,31 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+_MISSING = ("the ReTool outcome reward needs the math-verify package ({why}); install it "
+            "(pip install math-verify) or drop the math reward component")
+
+
+def require_math_verify() -> None:
+    """Raises ConfigError when math-verify cannot be found: a reward must never score every
+    answer as wrong because a dependency is missing."""
+    try:
+        found = importlib.util.find_spec("math_verify") is not None
+    except (ImportError, ValueError):  # a None entry in sys.modules, a broken parent package
+        found = False
+    if not found:
+        raise ConfigError(_MISSING.format(why="it is not installed"))
+
+
+def _thread_check(answer: str, gold: str) -> bool:
+    """`_math_worker.safe_check`, except that a failing import of math-verify propagates."""
+    try:
+        return _math_worker.check(answer, gold)
+    except ImportError:
+        raise
+    except Exception:  # noqa: BLE001 - any other failure scores as wrong
+        return False
+
+
 class MathVerifier:
     """Thread-safe math answer checker with a per-answer timeout.
 
@@ -76,6 +103,9 @@ class MathVerifier:
       workers: pool size.
 
     Use as a context manager or call :meth:`close`.
+
+    Raises:
+      ConfigError: math-verify is not installed (or, thread backend, fails to import).
     """
 
     def __init__(self, *, timeout_s: float = 5.0, backend: Literal["process", "thread"] = "process",
@@ -84,6 +114,7 @@ class MathVerifier:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
         if backend not in ("process", "thread"):
             raise ConfigError(f"backend must be 'process' or 'thread', got {backend!r}")
+        require_math_verify()
         self.timeout_s = float(timeout_s)
         self.backend = backend
         self.workers = max(1, int(workers))
@@ -122,7 +153,7 @@ class MathVerifier:
                     jobs = {i: pool.apply_async(_math_worker.check_in_worker, (answers[i], str(golds[i]), self.timeout_s))
                             for i in todo}
                 else:
-                    jobs = {i: pool.submit(_math_worker.safe_check, answers[i], str(golds[i])) for i in todo}
+                    jobs = {i: pool.submit(_thread_check, answers[i], str(golds[i])) for i in todo}
                 remaining = []
                 stuck = False
                 for i in todo:
@@ -137,6 +168,8 @@ class MathVerifier:
                     except (multiprocessing.TimeoutError, cf.TimeoutError):
                         out[i] = False
                         stuck = True  # a worker is wedged: replace the pool, resubmit the rest
+                    except ImportError as exc:
+                        raise ConfigError(_MISSING.format(why=f"import failed: {exc}")) from None
                     except Exception:  # noqa: BLE001
                         out[i] = False
                 if stuck:  # keep what already finished, resubmit the rest to a fresh pool
@@ -176,7 +209,10 @@ def retool_reward(
     wrong: float = -1.0,
 ) -> np.ndarray:
     """ReTool's outcome reward, [B] float32: ``correct`` if the last ``\\boxed{}`` of completion i
-    is equivalent to golds[i] (math-verify), else ``wrong`` (also for no box or a timeout)."""
+    is equivalent to golds[i] (math-verify), else ``wrong`` (also for no box or a timeout).
+
+    Raises ConfigError when math-verify is missing (never a silent ``wrong`` for every answer).
+    """
     answers = [extract_boxed(c) for c in completions]
     own = verifier is None
     verifier = verifier or MathVerifier(backend="thread")

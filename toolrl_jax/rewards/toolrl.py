@@ -350,7 +350,11 @@ def _score_sample(x: ToolCallBatch, step, p: RewardParams, matching: str):
 
     s_max = jnp.where(p.intermediate, 1.0 + n_g, 1.0 + jnp.sum(jnp.where(gv, 1 + nk_g, 0)))
     score = r_name + matched
-    partial = jnp.where(p.coarse, c_lo, (c_hi - c_lo) * score / s_max + c_lo)
+    # score <= s_max by construction (keys are unique per call); the clip guarantees the
+    # documented range even against a 2**-32 id collision.
+    scaled = jnp.clip((c_hi - c_lo) * score / s_max + c_lo, jnp.minimum(c_lo, c_hi),
+                      jnp.maximum(c_lo, c_hi))
+    partial = jnp.where(p.coarse, c_lo, scaled)
 
     fail = ~x.pd_ok | x.pd_overflow
     # released quirks (flags are all False unless config.released_quirks): Counter(names) raises

@@ -29,7 +29,9 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 32, 4096, 16384, 1 << 18)
+SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 POLL_S = 0.05
 
 
@@ -54,17 +56,37 @@ def _prctl(option, value):
     return libc.prctl(option, value, 0, 0, 0)
 
 
+def _hidden_import_dirs(temp_root):
+    """sys.path directories the private tmpfs would hide (a virtual environment under /tmp),
+    as (path inside the tmpfs, O_PATH descriptor of the real directory) pairs."""
+    shadowed = [temp_root] + [os.path.realpath(d) for d in SHARED_TEMP_DIRS if os.path.isdir(d)]
+    found, seen = [], set()
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry else ""
+        if not real or real in seen or not os.path.isdir(real):
+            continue
+        for top in shadowed:
+            if real.startswith(top.rstrip("/") + "/"):
+                seen.add(real)
+                inside = temp_root.rstrip("/") + real[len(top.rstrip("/")):]
+                found.append((inside, os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
+                break
+    return found
+
+
 def _isolate_namespaces(cfg):
     """Best effort, root only: a private mount namespace and an empty network namespace.
 
     In the new mount namespace a tmpfs of `disk_bytes` is mounted over the temp root that holds
     the working directory, and bound onto /tmp, /var/tmp and /dev/shm, so everything the program
     can write there lives in one size-limited tmpfs that vanishes with the run and is invisible
-    outside. The network namespace has no interfaces up: no network, not even loopback.
-    Returns False (nothing changed) where unshare/mount are not permitted.
+    outside. Import directories that lived under those (a virtual environment in /tmp) are bound
+    back read-only at their paths. The network namespace has no interfaces up: no network, not
+    even loopback. Returns False (nothing changed) where unshare/mount are not permitted.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     old_ns = [os.open("/proc/self/ns/%s" % kind, os.O_RDONLY) for kind in ("mnt", "net")]
+    hidden = []
     try:
         if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
             return False
@@ -77,6 +99,7 @@ def _isolate_namespaces(cfg):
             mount(None, "/", None, MS_REC | MS_PRIVATE, None)
             workdir = cfg["workdir"]
             temp_root = os.path.dirname(workdir)
+            hidden = _hidden_import_dirs(temp_root)
             with open(cfg["code_file"], "rb") as f:
                 code = f.read()
             mount(b"tmpfs", temp_root, b"tmpfs", MS_NOSUID | MS_NODEV,
@@ -86,16 +109,21 @@ def _isolate_namespaces(cfg):
                 f.write(code)
             os.chown(os.path.join(workdir, cfg["code_file"]), cfg["uid"], cfg["gid"])
             os.chown(workdir, cfg["uid"], cfg["gid"])
-            for shared in ("/tmp", "/var/tmp", "/dev/shm"):
+            for inside, fd in hidden:
+                os.makedirs(inside, 0o755, exist_ok=True)
+                mount(("/proc/self/fd/%d" % fd).encode(), inside, None, MS_BIND | MS_REC, None)
+                mount(None, inside, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+                      None)
+            for shared in SHARED_TEMP_DIRS:
                 if os.path.isdir(shared) and os.path.realpath(shared) != temp_root:
-                    mount(temp_root.encode(), shared, None, MS_BIND, None)
+                    mount(temp_root.encode(), shared, None, MS_BIND | MS_REC, None)
             return True
         except OSError:
             for fd in old_ns:  # undo: back to the trainer's namespaces
                 libc.setns(fd, 0)
             return False
     finally:
-        for fd in old_ns:
+        for fd in old_ns + [fd for _, fd in hidden]:
             os.close(fd)
 
 
@@ -188,7 +216,9 @@ def _program(cfg):
     try:
         os.setpgid(0, 0)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        os.close(cfg["status_fd"])
+        # Nothing of the reaper's may reach the program: its status pipe, the descriptor of the
+        # real temp directory (it reads /tmp behind the private tmpfs), anything inherited.
+        os.closerange(3, _max_fd())
         if cfg["namespaces"]:
             os.chdir(cfg["workdir"])  # the copy inside the private tmpfs
         if cfg["uid"] is not None:
@@ -227,6 +257,13 @@ def _program(cfg):
     sys.excepthook = excepthook
     exec(compile(source, cfg["code_file"], "exec"), main.__dict__)  # noqa: S102
     raise SystemExit(0)
+
+
+def _max_fd():
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _children():
@@ -339,7 +376,9 @@ def main():
     if os.getppid() != cfg["parent_pid"]:
         os.kill(os.getpid(), signal.SIGTERM)  # it died before the prctl: stays pending
     cfg["workdir"] = os.getcwd()
-    parent_fd = os.open("..", os.O_RDONLY | os.O_DIRECTORY)  # the real one, even under a mount
+    # The real parent of the workdir, even under the private tmpfs; the program never gets it
+    # (O_CLOEXEC, and _program closes every descriptor above 2).
+    parent_fd = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     if cfg["uid"] is not None:
         _kill_uid(cfg["uid"])  # leftovers of a run whose reaper and trainer both died
     if cfg["namespaces"]:

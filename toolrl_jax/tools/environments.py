@@ -37,13 +37,29 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCTIONS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max,
               "log": math.log, "exp": math.exp, "sin": math.sin, "cos": math.cos}
 _CONSTANTS = {"pi": math.pi, "e": math.e}
+_MAX_INT_BITS = 4096  # about 1233 decimal digits: every result stays cheap to compute and print
+
+
+def _bounded(op: type, left: Any, right: Any) -> None:
+    """Raises ValueError when an integer ``**`` or ``*`` would pass ``_MAX_INT_BITS``.
+
+    Big-integer work runs in C holding the GIL, so no timeout could stop it: the size of the
+    result is checked before computing it ((9**999)**999 is refused at once).
+    """
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return
+    if op is ast.Pow and right > 0 and abs(left) > 1 and left.bit_length() * right > _MAX_INT_BITS:
+        raise ValueError(f"result too large (more than {_MAX_INT_BITS} bits)")
+    if op is ast.Mult and left.bit_length() + right.bit_length() > _MAX_INT_BITS + 1:
+        raise ValueError(f"result too large (more than {_MAX_INT_BITS} bits)")
 
 
 def evaluate_arithmetic(expression: str) -> float | int:
     """Evaluates +, -, *, /, //, %, ** on numbers, a few math functions and pi/e.
 
-    Walks the AST (no eval); exponents are capped at 1000 and expressions at 200 characters so
-    a model cannot make the host compute 9**9**9.
+    Walks the AST (no eval); expressions are capped at 200 characters, exponents at 1000 and
+    integer results at 4096 bits (checked before computing), so a model cannot make the host
+    compute 9**9**9 or ((9**999)**999)**999: every call is bounded and safe to run in-thread.
 
     Raises:
         ValueError: for anything else (names, attributes, calls to other functions, ...).
@@ -65,6 +81,7 @@ def evaluate_arithmetic(expression: str) -> float | int:
             left, right = walk(node.left), walk(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > 1000:
                 raise ValueError("exponent too large")
+            _bounded(type(node.op), left, right)
             return _BINARY[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](walk(node.operand))
@@ -72,7 +89,11 @@ def evaluate_arithmetic(expression: str) -> float | int:
             return _CONSTANTS[node.id]
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                 and node.func.id in _FUNCTIONS and not node.keywords):
-            return _FUNCTIONS[node.func.id](*(walk(a) for a in node.args))
+            args = [walk(a) for a in node.args]
+            if node.func.id == "round" and len(args) == 2 and (
+                    not isinstance(args[1], int) or abs(args[1]) > 100):
+                raise ValueError("round() digits must be an integer in [-100, 100]")
+            return _FUNCTIONS[node.func.id](*args)
         raise ValueError(f"unsupported syntax: {ast.dump(node)[:60]}")
 
     return walk(tree)
@@ -167,6 +188,12 @@ def _account(state: BankState, account: str) -> str:
     return account
 
 
+def _check_amount(amount: float) -> None:
+    """NaN and infinities pass `amount > 0` tests the wrong way (NaN <= 0 is False too)."""
+    if not (math.isfinite(amount) and amount > 0):
+        raise ValueError(f"amount must be a positive finite number, got {amount!r}")
+
+
 @function_tool
 def get_balance(account: str, state: BankState) -> str:
     """Balance of an account.
@@ -185,8 +212,7 @@ def deposit(account: str, amount: float, state: BankState) -> str:
         account: Account name.
         amount: Positive amount to add.
     """
-    if amount <= 0:
-        raise ValueError("amount must be positive")
+    _check_amount(amount)
     state.balances[_account(state, account)] += amount
     state.log.append(f"deposit {account} {amount:.2f}")
     return f"new balance of {account}: {state.balances[account]:.2f}"
@@ -203,8 +229,7 @@ def transfer(from_account: str, to_account: str, amount: float, state: BankState
     """
     _account(state, from_account)
     _account(state, to_account)
-    if amount <= 0:
-        raise ValueError("amount must be positive")
+    _check_amount(amount)
     if state.balances[from_account] < amount:
         raise ValueError(f"insufficient funds in {from_account}")
     state.balances[from_account] -= amount

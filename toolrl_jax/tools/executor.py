@@ -7,12 +7,16 @@ Every failure becomes observation text the model reads, never an exception in th
     tool raised      -> "Error: tool 'x' raised ValueError: ..."
     deadline passed  -> "Error: tool 'x' timed out after 10.0 s"
 
-Threads cannot be killed. Each call therefore runs on its own fresh daemon thread, and at most
-`max_workers` calls run at once (a semaphore). When a call passes its deadline the caller gets
-the timeout observation at once and the call's slot is given back, but its thread keeps running
-until the tool returns (its late result is discarded). A tool that hangs forever leaks one
-thread per timed-out call; `abandoned_calls` counts them. Tools that can hang should enforce
-their own deadlines (the Python sandbox kills its process at its deadline).
+Threads cannot be killed. Each call therefore runs on its own fresh daemon thread, watched by
+a supervisor thread of its own, and at most `max_workers` calls run at once (a semaphore the
+supervisor takes before starting the tool). The supervisor enforces the deadline whatever the
+caller waits for, so hung calls never block later calls: at the deadline the caller gets the
+timeout observation and the slot is given back, but the tool's thread keeps running until the
+tool returns (its late result is discarded). `abandoned_calls` counts such threads; once
+`max_abandoned` of them are still hung, further calls fail at once with a timeout observation
+instead of leaking more threads. A deadline cannot fire while a tool holds the GIL (a C
+extension, a huge integer power): such tools must bound their own work or run out of process
+(`python_sandbox.sandboxed_tool`; docs/tools.md lists which built-in tools are safe in-thread).
 
 Calls are duck-typed: anything with `.name` and `.arguments` (a dict, or a JSON string as in
 OpenAI's API), or a mapping with those keys, so parser outputs fit without conversion.
@@ -60,6 +64,8 @@ class ToolExecutor:
             its own state from `environment.reset(trajectory_id, task)` (see `start`).
         max_workers: calls running at once (timed-out calls do not count).
         timeout_s: per-call deadline, counted from the moment the call starts running.
+        max_abandoned: hung (timed-out, still running) calls tolerated; beyond it, new calls
+            fail at once with a timeout observation. Default: 4 * max_workers.
         max_observation_chars: longer observations are cut with a "[truncated N characters]"
             marker.
         parallel_calls: run the calls of one `submit` concurrently. Default: True without an
@@ -75,6 +81,7 @@ class ToolExecutor:
         timeout_s: float = 10.0,
         max_observation_chars: int = 8192,
         parallel_calls: bool | None = None,
+        max_abandoned: int | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -89,6 +96,9 @@ class ToolExecutor:
         self._environment = environment
         self.timeout_s = float(timeout_s)
         self.max_workers = int(max_workers)
+        self.max_abandoned = 4 * self.max_workers if max_abandoned is None else int(max_abandoned)
+        if self.max_abandoned < 0:
+            raise ValueError(f"max_abandoned must be >= 0, got {max_abandoned}")
         self.max_observation_chars = int(max_observation_chars)
         self.parallel_calls = environment is None if parallel_calls is None else parallel_calls
         self._slots = threading.BoundedSemaphore(self.max_workers)
@@ -175,6 +185,7 @@ class ToolExecutor:
             future.set_exception(exc)
 
     def _launch(self, call: Any, state: Any) -> _Pending:
+        """Checks the call and starts its supervisor thread; never blocks, never raises."""
         name, arguments, problem = _unpack(call)
         tool = self._tools.get(name) if isinstance(name, str) else None
         display = name if isinstance(name, str) else repr(name)
@@ -187,21 +198,58 @@ class ToolExecutor:
                 display, "unknown_tool", f"unknown tool '{display}'. Available tools: {available}."))
         parameters = tool.schema.get("parameters") if isinstance(tool.schema, Mapping) else None
         if parameters:
-            errors = validate_arguments(parameters, arguments)
+            try:
+                errors = validate_arguments(parameters, arguments)
+            except RecursionError:
+                errors = ["arguments are nested too deeply"]
             if errors:
                 return _Pending.done(self._error(
                     display, "bad_arguments",
                     f"invalid arguments for tool '{display}': {'; '.join(errors)}"))
+        with self._lock:
+            hung = self._abandoned
+        if hung and hung >= self.max_abandoned:
+            return _Pending.done(self._error(
+                display, "timeout", f"tool '{display}' was not run: {hung} earlier tool calls are "
+                f"still hung (max_abandoned={self.max_abandoned})"))
         state_param = getattr(tool, "state_param", None)
         if state_param:
             arguments = {**arguments, state_param: state}
-
-        self._slots.acquire()
         pending = _Pending(name=display, started=time.monotonic())
-        worker = threading.Thread(target=self._work, args=(pending, tool, arguments),
-                                  name=f"tool-{display}", daemon=True)
-        worker.start()
+        try:
+            threading.Thread(target=self._supervise, args=(pending, tool, arguments),
+                             name=f"tool-supervisor-{display}", daemon=True).start()
+        except RuntimeError as exc:  # "can't start new thread": the host is out of threads
+            return _Pending.done(self._error(display, "exception",
+                                             f"tool '{display}' could not be started: {exc}"))
         return pending
+
+    def _supervise(self, pending: _Pending, tool: Tool, arguments: dict) -> None:
+        """Waits for a slot, runs the tool on its own thread and enforces the deadline.
+
+        Every call has its own supervisor, so a deadline fires whatever the caller awaits first:
+        hung calls give their slots back at their deadlines and never block later calls.
+        """
+        self._slots.acquire()
+        pending.started = time.monotonic()
+        worker = threading.Thread(target=self._work, args=(pending, tool, arguments),
+                                  name=f"tool-{pending.name}", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # out of threads: a result, never a caller waiting forever
+            pending.result = self._error(pending.name, "exception",
+                                         f"tool '{pending.name}' could not be started: {exc}")
+            pending.returned.set()
+        pending.returned.wait(self.timeout_s)
+        with self._lock:
+            if pending.result is None:  # the deadline passed: abandon the worker thread
+                pending.result = ToolResult(
+                    pending.name, False,
+                    f"Error: tool '{pending.name}' timed out after {self.timeout_s:g} s",
+                    "timeout", time.monotonic() - pending.started)
+                self._abandoned += 1
+            self._slots.release()
+        pending.finished.set()
 
     def _work(self, pending: _Pending, tool: Tool, arguments: dict) -> None:
         try:
@@ -221,25 +269,13 @@ class ToolExecutor:
         with self._lock:
             if pending.result is None:
                 pending.result = result
-                self._slots.release()
             else:  # the caller already got a timeout
                 self._abandoned -= 1
-        pending.finished.set()
+        pending.returned.set()
 
     def _await(self, pending: _Pending) -> ToolResult:
-        if pending.result is not None and pending.finished.is_set():
-            return pending.result
-        remaining = pending.started + self.timeout_s - time.monotonic()
-        pending.finished.wait(max(0.0, remaining))
-        with self._lock:
-            if pending.result is None:
-                pending.result = ToolResult(
-                    pending.name, False,
-                    f"Error: tool '{pending.name}' timed out after {self.timeout_s:g} s",
-                    "timeout", time.monotonic() - pending.started)
-                self._abandoned += 1
-                self._slots.release()
-            return pending.result
+        pending.finished.wait()  # the supervisor resolves every call by its deadline
+        return pending.result
 
     def _error(self, name: str, kind: ErrorKind, message: str) -> ToolResult:
         return ToolResult(name, False, _truncate(f"Error: {message}", self.max_observation_chars),
@@ -251,11 +287,13 @@ class _Pending:
     name: str
     started: float
     result: ToolResult | None = None
+    returned: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @classmethod
     def done(cls, result: ToolResult) -> _Pending:
         pending = cls(name=result.name, started=time.monotonic(), result=result)
+        pending.returned.set()
         pending.finished.set()
         return pending
 
@@ -276,6 +314,8 @@ def _unpack(call: Any) -> tuple[Any, dict, str | None]:
             arguments = json.loads(arguments) if arguments.strip() else {}
         except ValueError as exc:
             return name, {}, f"arguments are not valid JSON ({exc})"
+        except RecursionError:
+            return name, {}, "arguments are not valid JSON (nested too deeply)"
     if not isinstance(arguments, Mapping):
         return name, {}, f"arguments must be a JSON object, got {type(arguments).__name__}"
     if not all(isinstance(k, str) for k in arguments):

@@ -36,6 +36,7 @@ Thread-safe: each call owns its processes, directory, pipes and uid.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import errno
@@ -55,10 +56,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
-__all__ = ["SandboxResult", "Status", "python_tool", "run", "sandbox_mode", "sandbox_processes"]
+from toolrl_jax.errors import ConfigError
+from toolrl_jax.tools.base import FunctionTool
+
+__all__ = ["SandboxResult", "Status", "python_tool", "run", "sandbox_mode", "sandbox_processes",
+           "sandboxed_tool"]
 
 Status = Literal["ok", "error", "timeout", "memory", "output_limit"]
 
@@ -93,7 +98,11 @@ class SandboxResult:
     namespaces: bool = False
 
     def observation(self, max_chars: int = 4096) -> str:
-        """Text for the model: stdout, then stderr, then a status line unless status is 'ok'."""
+        """Text for the model: stdout, then stderr, then a status line unless status is 'ok'.
+
+        Longer than `max_chars`: the output is cut (with a "[truncated N characters]" marker)
+        and the status line is kept, so a cut observation still says why the run ended.
+        """
         parts = [self.stdout.rstrip("\n")] if self.stdout else []
         if self.stderr:
             parts.append(self.stderr.rstrip("\n"))
@@ -102,12 +111,12 @@ class SandboxResult:
             "memory": "Error: memory limit exceeded",
             "output_limit": "Error: output limit exceeded; output truncated",
         }
-        if self.status in notes:
-            parts.append(notes[self.status])
+        note = notes.get(self.status, "")
         text = "\n".join(parts)
-        if len(text) > max_chars:
-            text = text[:max_chars] + f"... [truncated {len(text) - max_chars} characters]"
-        return text
+        budget = max(0, max_chars - (len(note) + 1 if note else 0))
+        if len(text) > budget:
+            text = text[:budget] + f"... [truncated {len(text) - budget} characters]"
+        return "\n".join(t for t in (text, note) if t)
 
 
 def sandbox_mode() -> Literal["uid", "same_user"]:
@@ -127,6 +136,7 @@ def run(
     max_open_files: int = 256,
     disk_mb: int = 64,
     isolate_namespaces: bool = True,
+    python_path: Sequence[str] = (),
 ) -> SandboxResult:
     """Runs `code` as `__main__` in a fresh sandboxed Python process and returns its result.
 
@@ -145,6 +155,8 @@ def run(
             /dev/shm (only where mount namespaces are available, see `isolate_namespaces`).
         isolate_namespaces: as root, also try a private mount namespace (that tmpfs) and an
             empty network namespace (no network). Silently skipped where not permitted.
+        python_path: extra import directories (after the trainer's site-packages), e.g. the
+            root of a package whose functions `sandboxed_tool` runs.
     """
     if not sys.platform.startswith("linux"):
         raise RuntimeError("python_sandbox needs Linux (prctl, /proc, setrlimit)")
@@ -180,7 +192,8 @@ def run(
         config = {
             "uid": uid, "gid": uid, "status_fd": status_write, "code_file": code_file,
             "parent_pid": os.getpid(),
-            "site_dirs": [p for p in site.getsitepackages() if os.path.isdir(p)],
+            "site_dirs": [p for p in [*site.getsitepackages(), *python_path]
+                          if os.path.isdir(p)],
             "cpu_s": int(math.ceil(timeout_s)) + 1,
             "memory_bytes": int(memory_mb) * 1024 * 1024,
             "file_bytes": int(max_file_bytes),
@@ -415,8 +428,6 @@ def _check_uid_range(base: int) -> None:
         return
     if not any(inside <= base and base + _UID_COUNT <= inside + count
                for inside, _, count in ranges):
-        from toolrl_jax.errors import ConfigError
-
         raise ConfigError(
             f"sandbox uids {base}..{base + _UID_COUNT - 1} are not mapped in this user namespace "
             f"(/proc/self/uid_map: {ranges}); set TOOLRL_SANDBOX_UID_BASE to a free range inside it")
@@ -516,7 +527,6 @@ def python_tool(*, name: str = "python", timeout_s: float = 5.0, memory_mb: int 
     The observation is stdout, then stderr, then an error line for timeouts / memory / output
     limits. Give the `ToolExecutor` a `timeout_s` above this tool's `timeout_s` + 1.
     """
-    from toolrl_jax.tools.base import FunctionTool
 
     def execute(code: str) -> str:
         result = run(code, timeout_s=timeout_s, memory_mb=memory_mb,
@@ -534,3 +544,93 @@ def python_tool(*, name: str = "python", timeout_s: float = 5.0, memory_mb: int 
         },
     }
     return FunctionTool(name=name, schema=schema, fn=execute)
+
+
+# --------------------------------------------------------------------------- any tool, out of process
+
+_RESULT_MARK = "\x00toolrl-sandboxed-tool-result\x00"
+_TOOL_BOOTSTRAP = """\
+import builtins, importlib, json, sys
+target = importlib.import_module({module!r})
+for part in {qualname!r}.split("."):
+    target = getattr(target, part)
+try:
+    value = target(**json.loads({arguments!r}))
+    out = {{"ok": True, "value": value}}
+except Exception as exc:  # the caller re-raises it
+    out = {{"ok": False, "kind": type(exc).__name__, "args": list(exc.args), "message": str(exc)}}
+sys.stdout.write({mark!r} + json.dumps(out, default=str) + "\\n")
+"""
+
+
+def _import_root(module_name: str) -> str:
+    """Directory that makes `module_name` importable (the parent of its top-level package)."""
+    module = sys.modules[module_name]
+    path = os.path.abspath(module.__file__)
+    for _ in range(module_name.count(".") + 1):
+        path = os.path.dirname(path)
+    if os.path.basename(module.__file__) == "__init__.py":
+        path = os.path.dirname(path)
+    return path
+
+
+def sandboxed_tool(tool: FunctionTool | Callable[..., Any], *, timeout_s: float = 5.0,
+                   memory_mb: int = 512, name: str | None = None,
+                   schema: Mapping[str, Any] | None = None) -> FunctionTool:
+    """The same tool, each call run in a fresh sandbox process with a hard deadline.
+
+    For tools whose work can hold the GIL (big-integer arithmetic, a C extension) or hang in C:
+    in-thread, the executor's deadline cannot fire while they run; here the process is killed
+    at `timeout_s` whatever it does. The tool's function must be importable by its module and
+    qualified name (not a lambda or a closure), its arguments and return value JSON-able, and it
+    cannot take per-trajectory state. Costs a process start per call (about 0.1-0.3 s).
+
+    A tool exception is raised again in the trainer as the same built-in exception type (other
+    types as RuntimeError "Kind: message"); a deadline as TimeoutError; the memory budget as
+    MemoryError. The executor turns each into the usual "Error: tool 'x' raised ..." text.
+
+    Raises:
+        ConfigError: the function is not importable by name, or the tool takes state.
+    """
+    fn = tool.fn if isinstance(tool, FunctionTool) else tool
+    if isinstance(tool, FunctionTool) and tool.state_param:
+        raise ConfigError(f"tool {tool.name!r} takes per-trajectory state; it cannot run out of "
+                          "process (sandboxed_tool)")
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if module not in sys.modules or "<" in qualname or not qualname:
+        raise ConfigError(f"sandboxed_tool needs a module-level function, got {fn!r}")
+    target: Any = sys.modules[module]
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is not fn and not (isinstance(target, FunctionTool) and target.fn is fn):
+        raise ConfigError(f"sandboxed_tool: {module}.{qualname} does not name {fn!r}")
+    root = _import_root(module)
+    if schema is None:
+        schema = tool.schema if isinstance(tool, FunctionTool) else None
+    if schema is None:
+        raise ConfigError("sandboxed_tool of a plain function needs `schema=`")
+    tool_name = name or schema.get("name") or fn.__name__
+
+    def execute(**arguments: Any) -> Any:
+        code = _TOOL_BOOTSTRAP.format(module=module, qualname=qualname, mark=_RESULT_MARK,
+                                      arguments=json.dumps(arguments))
+        result = run(code, timeout_s=timeout_s, memory_mb=memory_mb, python_path=[root])
+        if result.status == "timeout":
+            raise TimeoutError(f"ran past its {timeout_s:g} s deadline and was killed")
+        if result.status == "memory":
+            raise MemoryError(f"passed its {memory_mb} MB memory budget")
+        _, mark, payload = result.stdout.rpartition(_RESULT_MARK)
+        if not mark:
+            last = (result.stderr.strip().splitlines() or [f"status {result.status}"])[-1]
+            raise RuntimeError(f"sandboxed tool process failed: {last[:300]}")
+        out = json.loads(payload)
+        if out["ok"]:
+            return out["value"]
+        kind = getattr(builtins, out["kind"], None)
+        error: Exception = RuntimeError(f"{out['kind']}: {out['message']}")
+        if isinstance(kind, type) and issubclass(kind, Exception):
+            with contextlib.suppress(Exception):
+                error = kind(*out["args"])
+        raise error
+
+    return FunctionTool(name=tool_name, schema={**dict(schema), "name": tool_name}, fn=execute)
