@@ -162,3 +162,30 @@ def test_eval_command_prints_table_and_writes_json(tiny_model_dir, tmp_path, sha
     assert "Exact match" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert json.dumps(result).count('"exact_match"') >= 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_finite_checkpoint(tiny_model_dir, tmp_path):
+    """lr 1e30: step 1 is finite, its update overflows the model, step 2's loss is NaN. The run
+    stops with a TrainingError before saving step 2; the newest checkpoint is finite."""
+    from toolrl_jax.errors import TrainingError
+    from toolrl_jax.rl.train_step import split_model
+    from toolrl_jax.train.checkpoint import Checkpointer, tree_all_finite
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = load_config(TrainConfig, None, [
+        f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path}", "train.steps=4",
+        "train.plot=false", "train.checkpoint_every=1", "data.num_train=8", "data.num_eval=1",
+        "data.prompt_style=compact", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+        "rollout.max_new_tokens=8", "algo.micro_batch_size=4", "optim.learning_rate=1e30",
+        "optim.grad_clip_norm=null"])
+    trainer = Trainer(cfg)
+    with pytest.raises(TrainingError, match="not finite|NaN/inf"):
+        trainer.train()
+    ckpt = Checkpointer(tmp_path / "checkpoints", handle_sigterm=False)
+    try:
+        latest = ckpt.latest_step()
+        assert latest is not None and latest < 4
+        state, _ = ckpt.restore(trainer.learner.abstract_state(split_model(trainer.model)[1]))
+        assert tree_all_finite(state.params)
+    finally:
+        ckpt.close()

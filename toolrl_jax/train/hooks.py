@@ -116,11 +116,18 @@ class Checkpoint(Hook):
         return True  # the checkpointer decides (schedule or pre-emption)
 
     def after_step(self, trainer, run, step, metrics):
-        run.checkpointer.step_boundary(step, run.state, run.position(step))
+        saved = run.checkpointer.step_boundary(step, run.state, run.position(step),
+                                               require_finite=True)
+        if not saved and step % run.checkpointer.save_every == 0:
+            raise TrainingError(
+                f"step {step}: the parameters or optimizer state hold NaN/inf; not saved. Newest "
+                f"checkpoint: step {run.checkpointer.latest_step()} (kept). Lower "
+                "optim.learning_rate or set optim.grad_clip_norm, then rerun to resume.")
 
     def on_end(self, trainer, run):
         if run.checkpointer.latest_step() != run.steps:
-            run.checkpointer.save(run.steps, run.state, run.position(run.steps))
+            run.checkpointer.save(run.steps, run.state, run.position(run.steps),
+                                  require_finite=True)
         run.checkpointer.wait()
 
 

@@ -235,6 +235,12 @@ def _len_field(field: int, payload: bytes) -> bytes:
     return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _float32(value: float) -> float:
+    """``value`` as float32 would hold it (beyond its range: +-inf, which TensorBoard shows)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
 def _event(step: int, *, summary: Mapping[str, float] | None = None,
            file_version: str | None = None, session_start: bool = False) -> bytes:
     out = bytearray(b"\x09" + struct.pack("<d", time.time()))
@@ -243,7 +249,7 @@ def _event(step: int, *, summary: Mapping[str, float] | None = None,
         out += _len_field(3, file_version.encode())
     if summary is not None:
         values = b"".join(
-            _len_field(1, _len_field(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
+            _len_field(1, _len_field(1, tag.encode()) + b"\x15" + struct.pack("<f", _float32(value)))
             for tag, value in summary.items())
         out += _len_field(5, values)
     if session_start:

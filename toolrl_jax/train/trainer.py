@@ -416,7 +416,7 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         metrics = MetricsLogger(self.run_dir, config=cfg.metrics)
         ckpt = Checkpointer(ckpt_dir, save_every=cfg.train.checkpoint_every,
-                            keep=cfg.train.keep_checkpoints)
+                            keep=cfg.train.keep_checkpoints, warn=self.log)
         summary: dict = {}
         if cfg.train.resume and ckpt.latest_step() is not None:
             _, params = split_model(self.model)
