@@ -187,3 +187,26 @@ def test_sharded_step_matches_single_device():
     assert fsdp["state_bytes_fraction"] < 0.13  # only norms / biases / scalars replicated
     assert fsdp["restore_equal"]  # Orbax round trip of the sharded state, same shardings
     assert res["data8"]["param_fractions"] == [1.0]  # pure data parallel: replicated
+
+
+def test_ratio_level_sequence_uses_gspo(model_parts):
+    """algo.loss.ratio_level=sequence: the learner's loss is GSPO's on the same log-probs, and
+    differs from the token-level loss (the batch's old log-probs are off-policy)."""
+    import jax.numpy as jnp
+
+    from toolrl_jax.rl.gspo import gspo_loss_terms
+
+    graphdef, params = model_parts
+    loss_cfg = LossConfig(ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4)
+    learner = Learner(graphdef, MC, AlgoConfig(vocab_chunk=96, loss=loss_cfg), OPT)
+    batch = {k: v for k, v in _batch(4, 16, seed=3).items() if k != "ref_logprobs"}
+    loss, _, _ = learner.loss_and_grads(params, batch)
+    lp = learner.compute_logprobs(params, batch)["logprobs"]
+    terms = gspo_loss_terms(lp, jnp.asarray(batch["old_logprobs"]), jnp.asarray(batch["advantages"]),
+                            jnp.asarray(batch["loss_mask"]), loss_cfg, entropy=None,
+                            sample_logprobs=jnp.asarray(batch["sample_logprobs"]))
+    denom = float(np.sum(batch["loss_mask"]))  # token-mean
+    np.testing.assert_allclose(float(loss), float(terms.numerator) / denom, rtol=1e-5, atol=1e-7)
+    token = Learner(graphdef, MC, AlgoConfig(vocab_chunk=96, loss=LossConfig(
+        clip_eps_low=3e-4, clip_eps_high=4e-4)), OPT)
+    assert abs(float(token.loss_and_grads(params, batch)[0]) - float(loss)) > 1e-6

@@ -77,6 +77,9 @@ class LossConfig:
       tis_cap: cap ``C`` of truncated importance weights ``min(exp(old - sample), C)`` against
         the sampler's log-probs, or None (off; mismatch metrics are still logged when the
         sampler's log-probs are given).
+      ratio_level: ``token`` (PPO/GRPO: one ratio per token) or ``sequence`` (GSPO, arXiv
+        2507.18071: the length-normalised sequence ratio, clipped per sequence; see
+        :mod:`toolrl_jax.rl.gspo`, which also gives the paper's clip ranges).
     """
 
     clip_eps_low: float = 0.2
@@ -88,6 +91,7 @@ class LossConfig:
     aggregation: Aggregation = "token-mean"
     norm_constant: float | None = None
     tis_cap: float | None = None
+    ratio_level: Literal["token", "sequence"] = "token"
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.clip_eps_low < 1.0):
@@ -106,6 +110,8 @@ class LossConfig:
             raise ConfigError(f"loss.norm_constant: must be > 0 or null, got {self.norm_constant}")
         if self.tis_cap is not None and not self.tis_cap > 0:
             raise ConfigError(f"loss.tis_cap: must be > 0 or null, got {self.tis_cap}")
+        if self.ratio_level not in ("token", "sequence"):
+            raise ConfigError(f"loss.ratio_level: {self.ratio_level!r} is not token or sequence")
         if self.kl_coef < 0 or self.entropy_coef < 0:
             raise ConfigError("loss.kl_coef and loss.entropy_coef must be >= 0")
 
