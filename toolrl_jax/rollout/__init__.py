@@ -4,8 +4,12 @@
 - `stops`: EOS ids and stop sequences as device arrays.
 - `sampler`: `Sampler` with jitted `extend` (prefill of new tokens for some slots) and `decode`
   (a `lax.while_loop` of one-token steps), the KV cache donated.
-- `engine`: `RolloutEngine` (slots, stop on tool tags, async tool calls, continuous refill)
-  producing a `Trajectory` batch of numpy arrays.
+- `engine`: `RolloutEngine` (the host loop: prefill, decode, stop on tool tags, continuous
+  refill) producing a `Trajectory` batch of numpy arrays.
+- `scheduler`: `SlotScheduler` and the slot state machine (`SlotState`: free, ready, decoding,
+  awaiting tools).
+- `turns`: `Environment` (executor, call extractor, observation format, stop strings) and the
+  `ToolTurnHandler` (parse -> submit -> render observation ids).
 
 Submodules are imported lazily so `import toolrl_jax.rollout` stays light.
 """
@@ -26,8 +30,13 @@ _EXPORTS = {
     "RolloutEngine": "engine",
     "RolloutRequest": "engine",
     "expand_requests": "engine",
-    "tool_call_extractor": "engine",
-    "code_extractor": "engine",
+    "RolloutStats": "engine",
+    "Environment": "turns",
+    "ToolTurnHandler": "turns",
+    "tool_call_extractor": "turns",
+    "code_extractor": "turns",
+    "SlotScheduler": "scheduler",
+    "SlotState": "scheduler",
     "Trajectory": "trajectory",
     "TrajectoryRecord": "trajectory",
 }

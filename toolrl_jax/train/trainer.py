@@ -234,6 +234,7 @@ class Trainer:
         if kind not in self._engines:
             from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine
             from toolrl_jax.rollout.sampling import SamplingConfig
+            from toolrl_jax.rollout.turns import Environment, tool_call_extractor
 
             r = self.cfg.rollout
             longest = max(len(p) for p in self.train_prompts + self.heldout_prompts)
@@ -251,9 +252,8 @@ class Trainer:
             rc = RolloutConfig(num_slots=max(slots, 1), max_new_tokens=max_new,
                                max_total_len=total, max_turns=turns,
                                max_obs_tokens=r.max_observation_tokens, sampling=sampling,
-                               seed=self.cfg.train.seed, observation_format="toolrl",
-                               tool_call_syntax="toolrl")
-            executor = None
+                               seed=self.cfg.train.seed)
+            environment = None
             if multi:
                 from toolrl_jax.tools.executor import ToolExecutor
 
@@ -266,8 +266,11 @@ class Trainer:
                     from toolrl_jax.data.generated import GENERATED_TOOLS
 
                     executor = ToolExecutor(list(GENERATED_TOOLS.values()))
+                environment = Environment(executor=executor,
+                                          extract_calls=tool_call_extractor("toolrl"),
+                                          observation_format="toolrl")
             self._engines[kind] = RolloutEngine(self.model, rc, tokenizer=self.tokenizer,
-                                                template=self.template, executor=executor)
+                                                template=self.template, environment=environment)
         return self._engines[kind]
 
     def _set_policy(self, params: Any) -> None:
