@@ -10,42 +10,45 @@
   awaiting tools).
 - `turns`: `Environment` (executor, call extractor, observation format, stop strings) and the
   `ToolTurnHandler` (parse -> submit -> render observation ids).
-
-Submodules are imported lazily so `import toolrl_jax.rollout` stays light.
 """
 
-from __future__ import annotations
+from toolrl_jax.rollout.engine import (
+    RolloutConfig,
+    RolloutEngine,
+    RolloutRequest,
+    RolloutStats,
+    expand_requests,
+)
+from toolrl_jax.rollout.sampler import DecodeState, SampleOutput, Sampler, bucket_length
+from toolrl_jax.rollout.sampling import SamplingConfig, process_logits, sample_from_logits
+from toolrl_jax.rollout.scheduler import SlotScheduler, SlotState
+from toolrl_jax.rollout.trajectory import Trajectory, TrajectoryRecord
+from toolrl_jax.rollout.turns import (
+    Environment,
+    ToolTurnHandler,
+    code_extractor,
+    tool_call_extractor,
+)
 
-import importlib
-
-_EXPORTS = {
-    "SamplingConfig": "sampling",
-    "sample_from_logits": "sampling",
-    "process_logits": "sampling",
-    "Sampler": "sampler",
-    "SampleOutput": "sampler",
-    "DecodeState": "sampler",
-    "bucket_length": "sampler",
-    "RolloutConfig": "engine",
-    "RolloutEngine": "engine",
-    "RolloutRequest": "engine",
-    "expand_requests": "engine",
-    "RolloutStats": "engine",
-    "Environment": "turns",
-    "ToolTurnHandler": "turns",
-    "tool_call_extractor": "turns",
-    "code_extractor": "turns",
-    "SlotScheduler": "scheduler",
-    "SlotState": "scheduler",
-    "Trajectory": "trajectory",
-    "TrajectoryRecord": "trajectory",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = importlib.import_module(f"toolrl_jax.rollout.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'toolrl_jax.rollout' has no attribute {name!r}")
+__all__ = [
+    "DecodeState",
+    "Environment",
+    "RolloutConfig",
+    "RolloutEngine",
+    "RolloutRequest",
+    "RolloutStats",
+    "SampleOutput",
+    "Sampler",
+    "SamplingConfig",
+    "SlotScheduler",
+    "SlotState",
+    "ToolTurnHandler",
+    "Trajectory",
+    "TrajectoryRecord",
+    "bucket_length",
+    "code_extractor",
+    "expand_requests",
+    "process_logits",
+    "sample_from_logits",
+    "tool_call_extractor",
+]

@@ -58,6 +58,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Literal
 
+from toolrl_jax.errors import ConfigError
+from toolrl_jax.tools.base import FunctionTool
+
 __all__ = ["SandboxResult", "Status", "python_tool", "run", "sandbox_mode", "sandbox_processes"]
 
 Status = Literal["ok", "error", "timeout", "memory", "output_limit"]
@@ -415,8 +418,6 @@ def _check_uid_range(base: int) -> None:
         return
     if not any(inside <= base and base + _UID_COUNT <= inside + count
                for inside, _, count in ranges):
-        from toolrl_jax.errors import ConfigError
-
         raise ConfigError(
             f"sandbox uids {base}..{base + _UID_COUNT - 1} are not mapped in this user namespace "
             f"(/proc/self/uid_map: {ranges}); set TOOLRL_SANDBOX_UID_BASE to a free range inside it")
@@ -516,8 +517,6 @@ def python_tool(*, name: str = "python", timeout_s: float = 5.0, memory_mb: int 
     The observation is stdout, then stderr, then an error line for timeouts / memory / output
     limits. Give the `ToolExecutor` a `timeout_s` above this tool's `timeout_s` + 1.
     """
-    from toolrl_jax.tools.base import FunctionTool
-
     def execute(code: str) -> str:
         result = run(code, timeout_s=timeout_s, memory_mb=memory_mb,
                      max_output_bytes=max_output_bytes)

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from toolrl_jax.errors import DataError
+
 
 def _to_py(value: Any) -> Any:
     if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "__array__"):
@@ -34,7 +36,7 @@ class MetricsLogger:
         self._tb = None
         if tensorboard:
             try:  # optional dependency
-                from torch.utils.tensorboard import SummaryWriter  # type: ignore
+                from torch.utils.tensorboard import SummaryWriter  # lazy: optional (torch, slow)
 
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             except Exception:  # noqa: BLE001 - TensorBoard is optional
@@ -72,12 +74,10 @@ def read_metrics(run_dir: str | pathlib.Path) -> list[dict]:
 
 def plot_run(run_dir: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> list[pathlib.Path]:
     """Writes PNG curves (one figure per record kind, one panel per numeric metric)."""
-    import matplotlib
+    import matplotlib  # lazy: optional dependency; the backend must be set before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from toolrl_jax.errors import DataError
 
     run_dir = pathlib.Path(run_dir)
     records = read_metrics(run_dir)
