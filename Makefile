@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/toolrl-jax demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -43,6 +43,7 @@ from toolrl_jax.toolcalls import ToolCall  # noqa: E402
 from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest  # noqa: E402
 from toolrl_jax.rollout.sampler import Sampler  # noqa: E402
 from toolrl_jax.rollout.sampling import SamplingConfig  # noqa: E402
+from toolrl_jax.rollout.turns import Environment  # noqa: E402
 
 HBM_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
 
@@ -182,15 +183,18 @@ def bench_multi_turn(args, config: ModelConfig, model) -> list[dict]:
         seed=0,
         pad_multiple=1,
     )
-    engine = RolloutEngine(
-        model,
-        cfg,
+    environment = Environment(
         executor=ToolExecutor([slow_tool], max_workers=args.batch, timeout_s=5.0),
-        eos_ids=eos_ids,
-        tool_stop_sequences=[[t] for t in tool_ids],
         extract_calls=lambda text: ([ToolCall("slow_tool", {})], ""),
         render_observation=lambda turn_ids, results: obs_ids,
         decode_text=lambda ids: "",
+    )
+    engine = RolloutEngine(
+        model,
+        cfg,
+        environment=environment,
+        eos_ids=eos_ids,
+        tool_stop_sequences=[[t] for t in tool_ids],
     )
     requests = [RolloutRequest(prompt_ids=p, group_id=i) for i, p in enumerate(prompts)]
     for refill in (True, False):  # compile every (rows, length) bucket both modes meet

@@ -204,7 +204,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding
     from toolrl_jax.models.weights import load_model_from_hf_dir
     from toolrl_jax.models.sharding import make_mesh, param_partition_specs
-    from toolrl_jax.models.hf_mapping import _param_items
+    from toolrl_jax.models.params import param_variables
     from toolrl_jax.models.export import export_hf_dir
 
     src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -214,7 +214,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
     sharded, _ = load_model_from_hf_dir(src, mesh=mesh)
     specs = param_partition_specs(config, mesh=mesh)
     n_split = 0
-    for path, var in _param_items(sharded):
+    for path, var in param_variables(sharded):
         value = var.get_value()
         want = NamedSharding(mesh, specs[path])
         assert value.sharding.is_equivalent_to(want, value.ndim), (path, value.sharding, want)

@@ -18,10 +18,11 @@ from toolrl_jax.rollout.engine import (
     RolloutConfig,
     RolloutEngine,
     RolloutRequest,
-    code_extractor,
     expand_requests,
 )
+from toolrl_jax.rollout.turns import Environment, code_extractor, tool_call_extractor
 from toolrl_jax.rollout.sampling import SamplingConfig
+from toolrl_jax.toolcalls.types import ToolCall
 from toolrl_jax.tools import ToolExecutor, function_tool
 
 from ._models import OraclePolicy
@@ -122,6 +123,11 @@ def reference_observation(tok, msgs, turn_text, tool_output):
     return tok.encode(full[len(prefix) :], add_special_tokens=False)
 
 
+def hermes_environment(executor):
+    """Qwen's format: ``<tool_call>`` blocks parsed by any syntax, ``<tool_response>`` results."""
+    return Environment(executor=executor, extract_calls=tool_call_extractor("auto"))
+
+
 def add_script(scripts, prefix, continuation):
     for j, t in enumerate(continuation):
         scripts[tuple(prefix + continuation[:j])] = t
@@ -184,11 +190,13 @@ def test_scripted_multi_turn_stream_is_reproduced_exactly(qwen):
         max_turns=4,
         chunk_steps=5,
         sampling=GREEDY,
-        observation_format="hermes",
         pad_multiple=8,
     )
+    environment = Environment(
+        executor=executor, extract_calls=tool_call_extractor("auto"), observation_format="hermes"
+    )
     engine = RolloutEngine(
-        policy, config, tokenizer=tok, executor=executor, init_cache=policy.init_cache
+        policy, config, tokenizer=tok, environment=environment, init_cache=policy.init_cache
     )
     requests = [RolloutRequest(messages=episodes[k][0], group_id=10 + k) for k in range(5)]
     traj = engine.run(requests)
@@ -267,7 +275,7 @@ def test_max_turns_parse_errors_and_observation_truncation(qwen):
             policy,
             engine_cfg,
             tokenizer=tok,
-            executor=ToolExecutor([echo], timeout_s=5.0),
+            environment=hermes_environment(ToolExecutor([echo], timeout_s=5.0)),
             init_cache=policy.init_cache,
         )
         policy_holder["engine"] = engine
@@ -329,18 +337,17 @@ def test_retool_interpreter_inline(qwen):
         max_new_tokens=40,
         max_total_len=256,
         max_turns=3,
-        observation_format="interpreter",
-        tool_stop_strings=("</code>",),
         sampling=GREEDY,
         pad_multiple=1,
     )
-    engine = RolloutEngine(
-        policy,
-        config,
-        tokenizer=tok,
+    environment = Environment(
         executor=ToolExecutor([python]),
         extract_calls=code_extractor("python"),
-        init_cache=policy.init_cache,
+        observation_format="interpreter",
+        tool_stop_strings=("</code>",),
+    )
+    engine = RolloutEngine(
+        policy, config, tokenizer=tok, environment=environment, init_cache=policy.init_cache
     )
     traj = engine.run([RolloutRequest(messages=msgs)])
     assert seen == ["print(6*7)"]
@@ -381,7 +388,9 @@ def test_refill_keeps_slots_busy_with_random_latency_tools(qwen):
             policy,
             config,
             tokenizer=tok,
-            executor=ToolExecutor([make_add_tool((0.0, 0.2), seed=1)], max_workers=8),
+            environment=hermes_environment(
+                ToolExecutor([make_add_tool((0.0, 0.2), seed=1)], max_workers=8)
+            ),
             init_cache=policy.init_cache,
         )
         traj = engine.run([RolloutRequest(messages=expected[k][0], group_id=k) for k in range(12)])
@@ -420,3 +429,91 @@ def test_shared_prompt_prefill_equals_separate_prefills(llama):
     # (4 tokens) are prefilled once plus one last token per sample; [9] cannot be split
     assert separate.stats["prefill_tokens"] == 3 * 25 + 3 * 4 + 3 * 1
     assert shared.stats["prefill_tokens"] == (24 + 3) + (3 + 3) + 3 * 1
+
+
+def test_tokenizer_free_environment_tool_turns_length_max_turns_and_parse_errors():
+    """An environment with its own rendering (no tokenizer): one request per exit of the slot
+    state machine after a tool turn. Expected streams are written out by hand."""
+    eos, tool_end = 2, 50
+    words = {10: "size 2", 11: "size 100", 13: "size 1", 14: "size 1", 15: "garbage"}
+
+    def decode_text(ids):
+        return " ".join(words.get(t, "") for t in ids)
+
+    def extract(text):
+        parts = text.split()
+        if len(parts) >= 2 and parts[0] == "size":
+            return [ToolCall("size", {"n": int(parts[1])})], ""
+        return [], "no size call"
+
+    def render(turn_ids, results):
+        ids = []
+        for name, text in results:
+            ids += [62] if name == "error" else [60] + [61] * int(text)
+        return ids
+
+    @function_tool
+    def size(n: int) -> int:
+        """Returns n.
+
+        Args:
+          n: a size.
+        """
+        return n
+
+    prompts = {k: [1, 3, 4 + k] for k in range(4)}
+    streams = {  # request -> (segments, mask of each segment, stop reason)
+        0: ([prompts[0], [10, tool_end], [60, 61, 61], [12, eos]], "eos"),
+        1: ([prompts[1], [11, tool_end]], "length"),  # 101 observation tokens do not fit
+        2: ([prompts[2], [13, tool_end], [60, 61], [14, tool_end]], "max_turns"),
+        3: ([prompts[3], [15, tool_end], [62], [16, eos]], "eos"),  # parse error observation
+    }
+    scripts = {}
+    for segments, _ in streams.values():
+        prefix = list(segments[0])
+        for j, seg in enumerate(segments[1:], start=1):
+            if j % 2 == 1:
+                add_script(scripts, prefix, seg)
+            prefix += seg
+    policy = OraclePolicy(scripts, vocab_size=64, max_len=256, default_token=eos)
+    environment = Environment(
+        executor=ToolExecutor([size], timeout_s=5.0),
+        extract_calls=extract,
+        render_observation=render,
+        decode_text=decode_text,
+    )
+    config = RolloutConfig(
+        num_slots=2,
+        max_new_tokens=8,
+        max_total_len=64,
+        max_turns=2,
+        chunk_steps=3,
+        sampling=GREEDY,
+        pad_multiple=1,
+    )
+    engine = RolloutEngine(
+        policy,
+        config,
+        environment=environment,
+        eos_ids=[eos],
+        tool_stop_sequences=[[tool_end]],
+        init_cache=policy.init_cache,
+    )
+    traj = engine.run([RolloutRequest(prompt_ids=prompts[k], group_id=k) for k in range(4)])
+    for k, (segments, reason) in streams.items():
+        expected = [t for seg in segments for t in seg]
+        mask = [j % 2 for j, seg in enumerate(segments) for _ in seg]
+        n = traj.lengths[k]
+        assert traj.tokens[k, :n].tolist() == expected, k
+        assert traj.loss_mask[k, :n].tolist() == mask, k
+        assert traj.stop_reasons[k] == reason, k
+    calls = [
+        [(c["name"], c["arguments"], c["text"], c["error_kind"]) for c in traj.tool_calls[k]]
+        for k in range(4)
+    ]
+    assert calls[0] == [("size", {"n": 2}, "2", None)]
+    assert calls[1] == [("size", {"n": 100}, "100", None)]  # ran, but its result did not fit
+    assert calls[2] == [("size", {"n": 1}, "1", None)]  # the second call never ran
+    parse_error = "Error: could not parse the tool call: no size call"
+    assert calls[3] == [(None, None, parse_error, "parse_error")]
+    assert traj.num_turns.tolist() == [2, 1, 2, 2]

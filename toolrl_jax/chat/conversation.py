@@ -36,7 +36,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from toolrl_jax.chat.hermes import render_tool_responses
 from toolrl_jax.chat.templates import ChatTemplate, Message, encode_text
+from toolrl_jax.chat.toolrl_prompt import render_toolrl_observation
+from toolrl_jax.errors import ConfigError
 
 __all__ = ["Conversation"]
 
@@ -206,20 +209,14 @@ class Conversation:
         """
         results = [str(r) for r in results]
         if format == "toolrl":
-            from toolrl_jax.chat.toolrl_prompt import render_toolrl_observation
-
             return self.append_message("user", render_toolrl_observation(results))
         if format == "hermes":
-            from toolrl_jax.chat.hermes import render_tool_responses
-
             return self.append_message("user", render_tool_responses(results))
         if format == "native":
             self.close_turn()
             self._flush_separator()
             self._extend(self.template.render_tool_results(self.tokenizer, results), 0)
             return self
-        from toolrl_jax.errors import ConfigError
-
         raise ConfigError(f"tool result format {format!r} unknown; use toolrl, hermes or native")
 
     # ---- views -------------------------------------------------------------------------------

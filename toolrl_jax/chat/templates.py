@@ -43,6 +43,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from toolrl_jax.chat.hermes import (
+    format_tool_call,
+    render_tool_responses,
+    tool_call_name_and_arguments,
+)
 from toolrl_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -390,8 +395,6 @@ class ChatMLTemplate(ChatTemplate):
         if role == "tool":
             return self.tool_results_text([content])
         if tool_calls:
-            from toolrl_jax.chat.hermes import format_tool_call, tool_call_name_and_arguments
-
             parts = [content]
             for k, call in enumerate(tool_calls):
                 if (k == 0 and content) or k > 0:
@@ -403,8 +406,6 @@ class ChatMLTemplate(ChatTemplate):
 
     def tool_results_text(self, results: Sequence[str]) -> str:
         if self.tool_format == "hermes":
-            from toolrl_jax.chat.hermes import render_tool_responses
-
             return self.message_text("user", render_tool_responses(results))
         return "".join(f"<|im_start|>tool\n{r}<|im_end|>\n" for r in results)
 
@@ -454,8 +455,6 @@ class Llama3Template(ChatTemplate):
         if role in ("tool", "ipython"):
             return self.tool_results_text([content])
         if tool_calls:
-            from toolrl_jax.chat.hermes import tool_call_name_and_arguments
-
             if len(tool_calls) != 1:
                 raise ConfigError(
                     f"Llama 3 chat format allows one tool call per assistant message, got "

@@ -30,6 +30,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers import models as tokenizer_models
+
+from toolrl_jax.chat.templates import LLAMA32_CHAT_TEMPLATE
 from toolrl_jax.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +68,7 @@ def load_tokenizer(source: str | os.PathLike[str]):
     Raises:
       ModelLoadError: the path does not exist or holds no tokenizer.
     """
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers imports torch (seconds)
 
     path = pathlib.Path(source).expanduser()
     if not path.exists():
@@ -80,7 +84,7 @@ def load_tokenizer(source: str | os.PathLike[str]):
             )
         tokenizer = tokenizer_from_gguf(path)
     elif (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: see above
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -114,8 +118,6 @@ def _attach_missing_chat_template(tokenizer) -> None:
         return
     vocab = tokenizer.get_vocab()
     if "<|start_header_id|>" in vocab and "<|eot_id|>" in vocab:
-        from toolrl_jax.chat.templates import LLAMA32_CHAT_TEMPLATE
-
         logger.info("tokenizer has no chat template; attaching the Llama 3.2 template")
         tokenizer.chat_template = LLAMA32_CHAT_TEMPLATE
 
@@ -287,9 +289,7 @@ def tokenizer_from_gguf(path: str | os.PathLike[str]):
     `tokenizer.chat_template` and the bos/eos/unk/pad ids are carried over. Anything else goes
     through transformers' GGUF converter.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers imports torch (seconds)
 
     path = pathlib.Path(path)
     meta = read_gguf_metadata(path)
@@ -297,7 +297,7 @@ def tokenizer_from_gguf(path: str | os.PathLike[str]):
     pre = meta.get("tokenizer.ggml.pre", "default")
     if model_type != "gpt2" or pre not in _GGUF_PRE_SPLITS:
         logger.info("GGUF tokenizer %s/%s: using transformers' converter", model_type, pre)
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers imports torch (seconds)
 
         try:
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -313,7 +313,7 @@ def tokenizer_from_gguf(path: str | os.PathLike[str]):
     splits, ignore_merges = _GGUF_PRE_SPLITS[pre]
 
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
+    bpe = tokenizer_models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
     backend = Tokenizer(bpe)
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in splits]

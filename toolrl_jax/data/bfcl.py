@@ -27,6 +27,7 @@ evaluator scores 100%.
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import json
 import os
@@ -95,8 +96,6 @@ def expand_categories(categories: str | Sequence[str]) -> list[str]:
     for c in categories:
         for name in CATEGORY_GROUPS.get(c, (c,)):
             if name not in ALL_CATEGORIES:
-                import difflib
-
                 close = difflib.get_close_matches(name, list(ALL_CATEGORIES) + list(CATEGORY_GROUPS), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise DataError(f"unknown BFCL category '{name}'{hint}")

@@ -26,6 +26,7 @@ import ast
 import dataclasses
 import datetime
 import hashlib
+import json
 import operator
 import random
 import types
@@ -381,8 +382,6 @@ def compact_system_prompt(tools: Sequence[Mapping[str, Any]]) -> str:
     instructions: about 100 tokens instead of ToolRL's ~380. The answer format, and so the
     ToolRL reward, is unchanged.
     """
-    import json
-
     lines = []
     for i, t in enumerate(tools, 1):
         props = {k: {kk: vv for kk, vv in v.items() if kk != "description"} for k, v in t["parameters"]["properties"].items()}

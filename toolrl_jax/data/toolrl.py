@@ -38,7 +38,7 @@ def check_file(path: str | os.PathLike, what: str) -> pathlib.Path:
 
 def _hf_dataset(path: pathlib.Path, kind: str):
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import datasets
+    import datasets  # lazy: slow (seconds) and reads HF_DATASETS_OFFLINE at import
 
     datasets.disable_progress_bars()
     try:

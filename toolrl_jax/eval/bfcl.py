@@ -41,6 +41,7 @@ group as 0).
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sys
 import types
@@ -100,7 +101,7 @@ def _install_model_config_stub() -> None:
 def bfcl_ast_checker():
     """(ast_checker, Language) from bfcl-eval, imported through the model_config stub."""
     _install_model_config_stub()
-    try:
+    try:  # lazy: optional dependency, importable only after the stub above
         from bfcl_eval.constants.enums import Language
         from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
     except ImportError as e:
@@ -114,7 +115,7 @@ def bfcl_ast_checker():
 def bfcl_multi_turn():
     """(multi_turn_checker, execute_multi_turn_func_call, multi_turn_utils module) from bfcl-eval."""
     _install_model_config_stub()
-    try:
+    try:  # lazy: optional dependencies, importable only after the stub above
         import mpmath  # noqa: F401  (MathAPI backend)
         from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
         from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
@@ -248,8 +249,6 @@ class _Conversation:
         messages = list(turns[self.turn])
         held = self.meta.get("held_out_functions", {}).get(str(self.turn))
         if held:
-            import json
-
             self.functions = self.functions + list(held)
             messages = [{"role": "user", "content": ADDITIONAL_FUNCTION_PROMPT.format(functions=json.dumps(held))}]
         dialogue, system = question_turns(messages)
@@ -302,8 +301,6 @@ class _Conversation:
             self.next_turn()
 
     def _append_assistant(self, completion, calls=None, results=None) -> None:
-        import json
-
         self.history.append(("assistant", completion.strip()))
         self.chat.append({"role": "assistant", "content": completion})
         if calls:

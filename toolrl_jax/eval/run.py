@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Callable, Sequence
 
+from toolrl_jax.data.generated import generate_tasks
+from toolrl_jax.data.toolrl import load_toolrl
 from toolrl_jax.errors import DataError
 from toolrl_jax.eval.apibank import evaluate_apibank
 from toolrl_jax.eval.bfcl import DEFAULT_CATEGORIES, PredictFn, evaluate_bfcl
@@ -53,8 +56,6 @@ def run_benchmark(
     if benchmark == "toolrl":
         if not data:
             raise DataError("--benchmark toolrl needs --data PATH (ToolRL verl parquet or raw JSON)")
-        from toolrl_jax.data.toolrl import load_toolrl
-
         paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         tasks = []
         for p in paths:
@@ -63,14 +64,10 @@ def run_benchmark(
         result["files"] = [str(p) for p in paths]
         return result
     if benchmark == "generated":
-        from toolrl_jax.data.generated import generate_tasks
-
         tasks = generate_tasks(limit or 100, seed=seed, prompt_style=prompt_style if prompt_style != "json_schema" else "toolrl")
         result = evaluate_toolrl(predict_fn, tasks, syntax=syntax, batch_size=batch_size, progress=progress)
         result["seed"] = seed
         return result
-    import difflib
-
     close = difflib.get_close_matches(benchmark, BENCHMARKS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise DataError(f"unknown benchmark '{benchmark}'{hint}; use one of {', '.join(BENCHMARKS)}")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from toolrl_jax.data.task import ToolTask, has_response
 from toolrl_jax.errors import ToolRLError
 from toolrl_jax.eval.calls import parse_calls
+from toolrl_jax.rewards.toolrl import score_texts
 
 PredictFn = Callable[[Sequence[ToolTask]], Sequence[str]]
 RewardFn = Callable[[Sequence[str], Sequence[str]], Mapping[str, Sequence[float]]]
@@ -53,13 +54,8 @@ def default_reward_fn(config: Any = None) -> RewardFn | None:
     """The training reward as ``(completions, ground_truths) -> {"reward", "format", "correctness", "length"}``.
 
     Uses ``toolrl_jax.rewards.toolrl.score_texts`` (host encoding + the jitted scorer) with
-    ``config`` (a ``ToolRLRewardConfig``; default: the training default). Returns None when
-    that module is not available.
+    ``config`` (a ``ToolRLRewardConfig``; default: the training default).
     """
-    try:
-        from toolrl_jax.rewards.toolrl import score_texts
-    except ImportError:
-        return None
 
     def reward_fn(completions: Sequence[str], ground_truths: Sequence[str]) -> dict[str, Any]:
         out = score_texts(list(completions), list(ground_truths), 0, config)

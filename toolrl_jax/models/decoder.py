@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from toolrl_jax.models.config import ModelConfig
+from toolrl_jax.models.sharding import param_shardings
 
 _MASKED = float(np.finfo(np.float32).min)  # finite: fully-masked (padding) rows stay NaN-free
 _INIT_STD = 0.02  # HF initializer_range
@@ -454,3 +455,31 @@ class Decoder(nnx.Module):
         """``[B, T, V]`` float32 logits without a cache (tests / eval convenience)."""
         h, _ = self.hidden(tokens, positions, segment_ids=segment_ids)
         return self.logits(h)
+
+
+def create_model(
+    config: ModelConfig,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rngs: nnx.Rngs | None = None,
+) -> Any:
+    """Build a randomly initialised :class:`Decoder`.
+
+    With a mesh, the model is traced abstractly (``nnx.eval_shape``) and its parameters are
+    created by one jitted init whose ``out_shardings`` are the param NamedShardings, so each
+    device materialises only its own shards (no full copy lands on one device). Follow with
+    :func:`toolrl_jax.models.weights.load_hf_state` (same mesh) to load real weights.
+    """
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    if mesh is None:
+        return Decoder(config, rngs=rngs)
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = param_shardings(abstract_state, config, mesh)
+    key = rngs.params()
+
+    def init(key: jax.Array) -> Any:
+        return nnx.state(Decoder(config, rngs=nnx.Rngs(params=key)))
+
+    state = jax.jit(init, out_shardings=shardings)(key)
+    return nnx.merge(graphdef, state)

@@ -25,10 +25,14 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 import ml_dtypes
 import numpy as np
+from jax.experimental import multihost_utils
 
+from toolrl_jax.chat.tokenizer import load_tokenizer
 from toolrl_jax.errors import ModelLoadError
+from toolrl_jax.models.hf_mapping import IGNORED, expected_hf_shapes, hf_name_to_path
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 _EXPORT_DTYPES = {
@@ -188,26 +192,9 @@ def generation_config_dict(config, *, pad_token_id: int | None = None) -> dict[s
 
 
 def load_tokenizer_any(source: str | os.PathLike) -> Any:
-    """A transformers tokenizer from a directory or ``.gguf`` file.
-
-    Uses ``toolrl_jax.chat.tokenizer.load_tokenizer`` when available, else
-    ``transformers.AutoTokenizer.from_pretrained(dir)`` / ``(dir, gguf_file=name)``.
-    """
-    src = pathlib.Path(source)
-    try:
-        from toolrl_jax.chat.tokenizer import load_tokenizer
-    except ImportError:
-        load_tokenizer = None
-    if load_tokenizer is not None:
-        return load_tokenizer(src)
-    from transformers import AutoTokenizer
-
-    try:
-        if src.is_file() and src.suffix == ".gguf":
-            return AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        return AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load a tokenizer from {src}: {type(e).__name__}: {e}") from e
+    """A transformers tokenizer from a directory or ``.gguf`` file
+    (``toolrl_jax.chat.tokenizer.load_tokenizer``)."""
+    return load_tokenizer(pathlib.Path(source))
 
 
 def save_tokenizer(tokenizer: Any, out_dir: str | pathlib.Path) -> list[str]:
@@ -286,11 +273,7 @@ def source_dtype(kind: str, path: str | os.PathLike) -> tuple[str, str]:
 
 def _gather_to_host(value: Any) -> np.ndarray:
     """One (possibly sharded, possibly multi-host) jax array -> full numpy array on this host."""
-    import jax
-
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return np.asarray(jax.device_get(value))
 
@@ -302,8 +285,6 @@ def model_tensor_sources(model: Any) -> list[TensorSource]:
     ``process_allgather`` when it spans hosts) and transposes kernels to HF's ``[out, in]``.
     Tied models have no ``lm_head.weight`` (as ``save_pretrained`` writes them).
     """
-    from toolrl_jax.models.hf_mapping import IGNORED, expected_hf_shapes, hf_name_to_path
-
     config = model.config
     sources = []
     for name, shape in expected_hf_shapes(config).items():
@@ -351,8 +332,6 @@ def export_hf_dir(
     Returns:
       ``out_dir`` as a Path.
     """
-    import jax
-
     if dtype not in _EXPORT_DTYPES:
         raise ModelLoadError(
             f"export dtype {dtype!r} is not supported; use one of {sorted(_EXPORT_DTYPES)}"

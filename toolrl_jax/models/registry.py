@@ -25,6 +25,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from toolrl_jax.errors import ModelLoadError
+from toolrl_jax.models.gguf import find_smollm2_gguf, load_gguf
+from toolrl_jax.models.weights import load_model_from_hf_dir
+
+try:  # a dependency of transformers; only hub ids need it
+    from huggingface_hub import snapshot_download
+except ImportError:  # pragma: no cover
+    snapshot_download = None
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -42,8 +49,6 @@ class Alias:
 
 
 def _smollm2_gguf() -> pathlib.Path:
-    from toolrl_jax.models.gguf import find_smollm2_gguf
-
     return find_smollm2_gguf()
 
 
@@ -114,12 +119,10 @@ def _offline() -> bool:
 
 
 def _from_hub(name: str) -> ResolvedModel:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover  (transformers depends on it)
+    if snapshot_download is None:  # pragma: no cover  (transformers depends on it)
         raise ModelLoadError(
             f"model {name!r} looks like a hub id but huggingface_hub is not installed"
-        ) from e
+        )
     offline = _offline()
     try:
         path = snapshot_download(name, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
@@ -180,12 +183,8 @@ def load_model(
     """
     resolved = resolve_model(name)
     if resolved.kind == "gguf":
-        from toolrl_jax.models.gguf import load_gguf
-
         model, config = load_gguf(resolved.path, param_dtype=param_dtype, dtype=dtype, mesh=mesh)
     else:
-        from toolrl_jax.models.weights import load_model_from_hf_dir
-
         model, config = load_model_from_hf_dir(
             resolved.path, param_dtype=param_dtype, dtype=dtype, mesh=mesh
         )

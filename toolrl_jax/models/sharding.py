@@ -32,10 +32,13 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.models.config import ModelConfig
+from toolrl_jax.models.hf_mapping import param_shapes
+from toolrl_jax.models.params import param_variables
 
 MESH_AXES = ("data", "fsdp", "tp")
 
@@ -96,8 +99,6 @@ def make_mesh(
     arr = None
     if devices is None:
         try:
-            from jax.experimental import mesh_utils
-
             arr = mesh_utils.create_device_mesh(shape, devs, allow_split_physical_axes=True)
         except Exception:  # topology helper refuses some shapes: fall back to a reshape
             arr = None
@@ -140,17 +141,6 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh | None) -> P:
     return P(*out)
 
 
-def param_shapes(config: ModelConfig) -> dict[tuple, tuple[int, ...]]:
-    """nnx path -> parameter shape (our layout), for every parameter of ``config``."""
-    from toolrl_jax.models.hf_mapping import expected_hf_shapes, hf_name_to_path
-
-    out = {}
-    for name, hf_shape in expected_hf_shapes(config).items():
-        path, transpose = hf_name_to_path(name, config)
-        out[path] = tuple(hf_shape[::-1]) if transpose else tuple(hf_shape)
-    return out
-
-
 def param_partition_specs(
     config: ModelConfig, *, mesh: Mesh | None = None
 ) -> dict[tuple, P]:
@@ -190,10 +180,8 @@ def param_shardings(state: Any, config: ModelConfig, mesh: Mesh) -> Any:
 
 def shard_model(model: nnx.Module, mesh: Mesh) -> None:
     """Move every parameter of ``model`` onto its NamedSharding on ``mesh`` (in place)."""
-    from toolrl_jax.models.hf_mapping import _param_items
-
     specs = param_partition_specs(model.config, mesh=mesh)
-    for path, var in _param_items(model):
+    for path, var in param_variables(model):
         var.set_value(jax.device_put(var.get_value(), NamedSharding(mesh, specs[path])))
 
 

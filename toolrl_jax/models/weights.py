@@ -1,24 +1,42 @@
-"""Hugging Face safetensors checkpoints: lazy reading and loading into a :class:`Decoder`.
+"""Hugging Face checkpoints: lazy safetensors reading, and HF-named tensors <-> :class:`Decoder`.
 
 A Hugging Face model directory holds ``config.json`` and either one ``model.safetensors`` or
 shards ``model-0000k-of-0000n.safetensors`` listed in ``model.safetensors.index.json``
 (``{"weight_map": {tensor_name: shard_file}}``). :func:`read_safetensors` returns a lazy
 ``Mapping[name, np.ndarray]``: each lookup reads one tensor from its memory-mapped shard, so loading
 a model needs about one tensor of host memory beyond the parameters themselves (and, with a mesh,
-each tensor goes straight onto its ``NamedSharding``).
+each tensor goes straight onto its ``NamedSharding``). :func:`load_hf_state` fills a model from
+HF-named tensors and :func:`export_hf_state` is its inverse, both through the name <-> path table
+of :mod:`toolrl_jax.models.hf_mapping`.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_dtypes  # registers bfloat16/float8 with numpy so safetensors can return them
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors import safe_open
 
-from toolrl_jax.errors import ModelLoadError
+from toolrl_jax.errors import ConfigError, ModelLoadError, ToolRLError
+from toolrl_jax.models.config import ModelConfig
+from toolrl_jax.models.decoder import Decoder, create_model
+from toolrl_jax.models.hf_mapping import (
+    IGNORED,
+    expected_hf_names,
+    expected_hf_shapes,
+    hf_name_to_path,
+    path_to_hf_name,
+)
+from toolrl_jax.models.params import get_variable, param_variables
+from toolrl_jax.models.sharding import param_partition_specs
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -29,7 +47,7 @@ class LazyTensor:
     """A tensor read on demand: ``shape``/``dtype`` without reading; ``t[index]`` and
     ``np.asarray(t)`` read (a slice of) it.
 
-    This is the protocol ``hf_mapping.load_hf_state`` accepts (``get_shape()`` plus basic
+    This is the protocol :func:`load_hf_state` accepts (``get_shape()`` plus basic
     slicing), so a mesh load reads only each device's slice where the source allows it.
 
     Args:
@@ -98,8 +116,6 @@ class SafetensorsTensors(Mapping):
 
     def _handle(self, path: pathlib.Path):
         if path not in self._handles:
-            from safetensors import safe_open
-
             try:
                 self._handles[path] = safe_open(str(path), framework="numpy")
             except Exception as e:
@@ -146,8 +162,6 @@ class SafetensorsTensors(Mapping):
 
 
 def _keys_of(path: pathlib.Path) -> list[str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             return list(f.keys())
@@ -222,9 +236,6 @@ def read_hf_config(model_dir: str | pathlib.Path) -> dict[str, Any]:
 
 
 def _model_config(hf_config: Mapping[str, Any], *, param_dtype: str, dtype: str, source: str):
-    from toolrl_jax.errors import ConfigError, ToolRLError
-    from toolrl_jax.models.config import ModelConfig
-
     try:
         return ModelConfig.from_hf(dict(hf_config), param_dtype=param_dtype, dtype=dtype)
     except ModelLoadError:
@@ -246,9 +257,9 @@ def build_model_from_hf_tensors(
     """A :class:`Decoder` built from an HF config dict and HF-named tensors (lazy mappings welcome).
 
     With ``strict`` (every parameter must be in ``tensors``) the model is traced abstractly
-    (``nnx.eval_shape``, no random init) and ``hf_mapping.load_hf_state`` fills it tensor by
+    (``nnx.eval_shape``, no random init) and :func:`load_hf_state` fills it tensor by
     tensor, straight onto each parameter's ``NamedSharding`` when ``mesh`` is given. Without
-    ``strict``, missing parameters keep ``hf_mapping.create_model``'s random init.
+    ``strict``, missing parameters keep ``decoder.create_model``'s random init.
 
     Returns:
       ``(model, config)``.
@@ -256,29 +267,19 @@ def build_model_from_hf_tensors(
       ModelLoadError: unsupported config, missing/unexpected tensors or shape mismatches, naming
         ``source``.
     """
-    from toolrl_jax.errors import ToolRLError
-    from toolrl_jax.models import hf_mapping
-
     config = _model_config(hf_config, param_dtype=param_dtype, dtype=dtype, source=source)
     if strict:
         # Every parameter gets overwritten: trace the model abstractly, skip the random init.
-        from flax import nnx
-
-        from toolrl_jax.models.decoder import Decoder
-
         model = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
     else:
-        model = hf_mapping.create_model(config, mesh=mesh)
+        model = create_model(config, mesh=mesh)
     try:
-        hf_mapping.load_hf_state(model, tensors, mesh=mesh, strict=strict)
+        load_hf_state(model, tensors, mesh=mesh, strict=strict)
     except ModelLoadError as e:
         raise ModelLoadError(f"{source}: {e}") from e
     except (ToolRLError, KeyError, ValueError) as e:
         raise ModelLoadError(f"{source}: weights do not fit the config: {e}") from e
     if strict:
-        import jax
-        from flax import nnx
-
         for path, node in nnx.iter_graph(model):
             if isinstance(node, nnx.Variable) and isinstance(
                 node.get_value(), jax.ShapeDtypeStruct
@@ -314,3 +315,154 @@ def load_model_from_hf_dir(
     return build_model_from_hf_tensors(
         hf_config, tensors, param_dtype=param_dtype, dtype=dtype, mesh=mesh, source=str(model_dir)
     )
+
+
+# --------------------------------------------------------------------------- HF tensors <-> params
+
+
+def _hf_shape(t: Any) -> tuple[int, ...]:
+    if hasattr(t, "get_shape"):  # safetensors PySafeSlice
+        return tuple(int(s) for s in t.get_shape())
+    return tuple(int(s) for s in t.shape)
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    if type(t).__module__.startswith("torch"):
+        t = t.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            return t.float().numpy().astype(jnp.bfloat16)
+        return t.numpy()
+    return np.asarray(t)
+
+
+def _read(t: Any, index: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Read a whole tensor or a slice (``index`` in HF layout) as numpy."""
+    if index is None:
+        if hasattr(t, "get_shape"):
+            return _to_numpy(t[tuple(slice(None) for _ in t.get_shape())])
+        return _to_numpy(t)
+    return _to_numpy(t[index])
+
+
+def load_hf_state(
+    model: "Any",
+    tensors: Mapping[str, Any],
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    strict: bool = True,
+) -> None:
+    """Fill ``model``'s parameters in place from HF-named tensors, cast to ``param_dtype``.
+
+    Args:
+      model: a :class:`Decoder` (concrete, or abstract from
+        :func:`~toolrl_jax.models.decoder.create_model` / ``nnx.eval_shape``).
+      tensors: HF name -> array-like in HF layout: numpy arrays, torch tensors,
+        safetensors ``safe_open(...).get_slice(name)`` slices (read lazily), or
+        anything ``np.asarray`` accepts.
+      mesh: when given, each parameter is placed on ``NamedSharding(mesh, spec)`` with the
+        spec from :func:`toolrl_jax.models.sharding.param_partition_specs` via
+        ``jax.make_array_from_callback``: each device reads only its own slice of the
+        (possibly mmap'd) host tensor, so no device holds a full copy of a sharded param.
+        Without a mesh, a parameter that already lives on a ``NamedSharding`` keeps it.
+      strict: when true (default) missing and unexpected tensor names are errors; when false
+        they are skipped (missing params keep their current values). Shape mismatches are
+        always errors.
+
+    Raises:
+      ModelLoadError: lists missing names, unexpected names and shape mismatches.
+    """
+    config: ModelConfig = model.config
+    expected = expected_hf_shapes(config)
+    unexpected, mismatched, plan = [], [], []
+    for name, t in tensors.items():
+        try:
+            path, transpose = hf_name_to_path(name, config)
+        except ModelLoadError:
+            unexpected.append(name)
+            continue
+        if path == IGNORED:
+            continue
+        canon, _ = path_to_hf_name(path, config)
+        shape = _hf_shape(t)
+        if shape != expected[canon]:
+            mismatched.append(f"{name}: got {shape}, expected {expected[canon]}")
+            continue
+        plan.append((canon, name, path, transpose))
+    loaded = {canon for canon, *_ in plan}
+    missing = [n for n in expected if n not in loaded]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched))
+    if strict and missing:
+        problems.append(f"missing {len(missing)} tensors: " + ", ".join(missing[:20]))
+    if strict and unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensors: " + ", ".join(unexpected[:20]))
+    if problems:
+        raise ModelLoadError(
+            f"weights do not fit {config.architecture} config "
+            f"(L={config.num_layers}, D={config.hidden_size}, V={config.vocab_size}): "
+            + " | ".join(problems)
+        )
+
+    pdtype = jnp.dtype(config.param_dtype)
+    specs = param_partition_specs(config, mesh=mesh) if mesh is not None else None
+    for _, name, path, transpose in plan:
+        t = tensors[name]
+        var = get_variable(model, path)
+        if mesh is not None:
+            sharding = jax.sharding.NamedSharding(mesh, specs[path])
+            hf_shape = _hf_shape(t)
+            shape = hf_shape[::-1] if transpose else hf_shape
+            var.set_value(
+                jax.make_array_from_callback(shape, sharding, _slice_reader(t, transpose, pdtype))
+            )
+            continue
+        host = _read(t)
+        if transpose:
+            host = host.T
+        host = np.ascontiguousarray(host.astype(pdtype, copy=False))
+        current = var.get_value()
+        if isinstance(current, jax.Array) and isinstance(
+            getattr(current, "sharding", None), jax.sharding.NamedSharding
+        ):
+            var.set_value(jax.device_put(host, current.sharding))
+        else:
+            var.set_value(jnp.asarray(host))
+
+
+def _slice_reader(t: Any, transpose: bool, dtype: np.dtype) -> Callable[[tuple], np.ndarray]:
+    """Callback for ``make_array_from_callback``: reads one device's block (our layout).
+
+    Blocks are memoised per index for the duration of one parameter's load, so devices that
+    hold the same block (replicated axes) share one host read.
+    """
+    memo: dict[tuple, np.ndarray] = {}
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        index = tuple(index)
+        key = tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in index)
+        if key not in memo:
+            out = _read(t, index[::-1]).T if transpose else _read(t, index)
+            memo[key] = np.ascontiguousarray(out.astype(dtype, copy=False))
+        return memo[key]
+
+    return read
+
+
+def export_hf_state(model: Any) -> dict[str, np.ndarray]:
+    """All parameters as HF-named numpy arrays in HF layout and ``param_dtype``.
+
+    Tied models export no ``lm_head.weight`` (as ``save_pretrained`` does). Sharded
+    parameters are gathered to host (``process_allgather`` across hosts).
+    """
+    config: ModelConfig = model.config
+    out: dict[str, np.ndarray] = {}
+    for path, var in param_variables(model):
+        name, transpose = path_to_hf_name(path, config)
+        value = var.get_value()
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            host = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        else:
+            host = np.asarray(jax.device_get(value))
+        out[name] = np.ascontiguousarray(host.T if transpose else host)
+    return {n: out[n] for n in expected_hf_names(config)}

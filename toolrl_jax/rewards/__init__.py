@@ -33,6 +33,9 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    # lazy on purpose: math-verify's spawned worker processes import
+    # toolrl_jax.rewards._math_worker, which runs this __init__; eager imports here would load
+    # JAX into every worker. Layering is still checked: lint-imports reads the submodules.
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ def gold_text(gold: str) -> str:
 
 def check(answer: str, gold: str) -> bool:
     """math-verify equivalence with its signal timeouts disabled (the caller times out)."""
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # lazy: optional dependency, slow (sympy); worker only
 
     g = parse(gold_text(gold), parsing_timeout=None)
     p = parse(f"\\boxed{{{answer}}}", parsing_timeout=None)

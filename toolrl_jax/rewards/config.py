@@ -9,6 +9,7 @@ code (github.com/qiancheng0/ToolRL, ``verl/utils/reward_score/rlla.py``) exactly
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -162,8 +163,6 @@ class ToolRLRewardConfig:
     def from_mapping(cls, values) -> ToolRLRewardConfig:
         """Build from a plain mapping (e.g. a YAML ``reward:`` section); ``compat: toolrl`` selects
         the released-code preset. Unknown keys raise ConfigError naming the closest field."""
-        import difflib
-
         if values is None:
             return cls()
         if not isinstance(values, dict):

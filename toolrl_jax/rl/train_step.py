@@ -61,6 +61,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.sharding import param_partition_specs
 from toolrl_jax.rl import advantages as advantages_lib
 from toolrl_jax.rl import gspo as gspo_lib
 from toolrl_jax.rl import losses as losses_lib
@@ -234,8 +235,6 @@ def _path_key(path) -> tuple:
 
 def param_shardings_for(params: Any, model_config: Any, mesh: Mesh) -> Any:
     """NamedShardings for a pure-dict param tree from ``models.sharding.param_partition_specs``."""
-    from toolrl_jax.models.sharding import param_partition_specs
-
     specs = param_partition_specs(model_config, mesh=mesh)
     return jax.tree_util.tree_map_with_path(
         lambda path, _: NamedSharding(mesh, specs.get(_path_key(path), P())), params

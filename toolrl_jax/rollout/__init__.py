@@ -4,39 +4,51 @@
 - `stops`: EOS ids and stop sequences as device arrays.
 - `sampler`: `Sampler` with jitted `extend` (prefill of new tokens for some slots) and `decode`
   (a `lax.while_loop` of one-token steps), the KV cache donated.
-- `engine`: `RolloutEngine` (slots, stop on tool tags, async tool calls, continuous refill)
-  producing a `Trajectory` batch of numpy arrays.
-
-Submodules are imported lazily so `import toolrl_jax.rollout` stays light.
+- `engine`: `RolloutEngine` (the host loop: prefill, decode, stop on tool tags, continuous
+  refill) producing a `Trajectory` batch of numpy arrays.
+- `scheduler`: `SlotScheduler` and the slot state machine (`SlotState`: free, ready, decoding,
+  awaiting tools).
+- `turns`: `Environment` (executor, call extractor, observation format, stop strings) and the
+  `ToolTurnHandler` (parse -> submit -> render observation ids).
 """
 
-from __future__ import annotations
+from toolrl_jax.rollout.engine import (
+    RolloutConfig,
+    RolloutEngine,
+    RolloutRequest,
+    RolloutStats,
+    expand_requests,
+)
+from toolrl_jax.rollout.sampler import DecodeState, SampleOutput, Sampler, bucket_length
+from toolrl_jax.rollout.sampling import SamplingConfig, process_logits, sample_from_logits
+from toolrl_jax.rollout.scheduler import SlotScheduler, SlotState
+from toolrl_jax.rollout.trajectory import Trajectory, TrajectoryRecord
+from toolrl_jax.rollout.turns import (
+    Environment,
+    ToolTurnHandler,
+    code_extractor,
+    tool_call_extractor,
+)
 
-import importlib
-
-_EXPORTS = {
-    "SamplingConfig": "sampling",
-    "sample_from_logits": "sampling",
-    "process_logits": "sampling",
-    "Sampler": "sampler",
-    "SampleOutput": "sampler",
-    "DecodeState": "sampler",
-    "bucket_length": "sampler",
-    "RolloutConfig": "engine",
-    "RolloutEngine": "engine",
-    "RolloutRequest": "engine",
-    "expand_requests": "engine",
-    "tool_call_extractor": "engine",
-    "code_extractor": "engine",
-    "Trajectory": "trajectory",
-    "TrajectoryRecord": "trajectory",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = importlib.import_module(f"toolrl_jax.rollout.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'toolrl_jax.rollout' has no attribute {name!r}")
+__all__ = [
+    "DecodeState",
+    "Environment",
+    "RolloutConfig",
+    "RolloutEngine",
+    "RolloutRequest",
+    "RolloutStats",
+    "SampleOutput",
+    "Sampler",
+    "SamplingConfig",
+    "SlotScheduler",
+    "SlotState",
+    "ToolTurnHandler",
+    "Trajectory",
+    "TrajectoryRecord",
+    "bucket_length",
+    "code_extractor",
+    "expand_requests",
+    "process_logits",
+    "sample_from_logits",
+    "tool_call_extractor",
+]

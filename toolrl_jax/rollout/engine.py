@@ -1,29 +1,32 @@
 """Multi-turn rollout engine: a host loop over a fixed set of sampler slots.
 
 Each of the ``num_slots`` rows of the jitted :class:`~toolrl_jax.rollout.sampler.Sampler` holds
-one trajectory. The loop (VerlTool-style asynchronous rollout, arXiv 2509.01055):
+one trajectory; :mod:`~toolrl_jax.rollout.scheduler` tracks the rows' states (free, ready to
+prefill, decoding, awaiting tools) and :mod:`~toolrl_jax.rollout.turns` handles tool turns. The
+loop (VerlTool-style asynchronous rollout, arXiv 2509.01055):
 
-1. **admit** waiting requests into free slots (prefill of the prompt ids only for those rows);
-   with ``refill=True`` a slot is refilled as soon as its trajectory finishes (continuous
-   batching); with ``refill=False`` a new wave starts only when every slot is free
-   (batch-synchronous, for comparison);
-2. **decode** a chunk of ``chunk_steps`` tokens for every decoding slot (one jitted
-   ``while_loop``; rows stop on EOS, a stop sequence or a length limit);
-3. for each row that stopped on a **tool end tag** (e.g. ``</tool_call>``, ReTool's ``</code>``),
-   decode the turn's ids to text *only to parse the calls* (``toolcalls.parse``), and submit them
-   to the :class:`~toolrl_jax.tools.ToolExecutor`; the slot waits while the other slots keep
-   decoding;
-4. when a slot's tool results arrive, **render** them as the next message in token ids
-   (``chat.Conversation``: ToolRL ``<obs>``, hermes ``<tool_response>``, the template's native
-   tool role, or ReTool's inline ``<interpreter>`` block), append them to the trajectory with
-   loss mask 0 and to the slot's KV cache (prefill of the new tokens only), and continue.
+1. tool turns whose results arrived are **rendered** as the next message in token ids
+   (``turns.ToolTurnHandler.observe``: ToolRL ``<obs>``, hermes ``<tool_response>``, the
+   template's native tool role, or ReTool's inline ``<interpreter>`` block), appended to the
+   trajectory with loss mask 0, and queued for prefill (AWAITING_TOOLS -> READY);
+2. waiting requests are **admitted** into free slots (FREE -> READY); with ``refill=True`` a slot
+   is refilled as soon as its trajectory finishes (continuous batching); with ``refill=False`` a
+   new wave starts only when every slot is free (batch-synchronous, for comparison);
+3. the queued ids are **prefilled** (``Sampler.extend``, one call per length bucket, a group's
+   shared prompt once) (READY -> DECODING);
+4. a chunk of ``chunk_steps`` tokens is **decoded** for every decoding slot (one jitted
+   ``while_loop``; rows stop on EOS, a stop sequence or a length limit). A row that stopped on a
+   **tool stop sequence** (``</tool_call>``, ReTool's ``</code>``) has its turn parsed and its
+   calls submitted to the environment's executor (DECODING -> AWAITING_TOOLS), the others finish
+   (DECODING -> FREE);
+5. when nothing decodes and nothing was prefilled, the loop waits for the first tool result.
 
 Token ids are the truth: the generated ids are appended to the trajectory verbatim and are
 never decoded and re-encoded to build the next turn (the decoded text is used for parsing
 only). Limits: ``max_turns`` generated turns, ``max_obs_tokens`` per tool result (truncated
 with a marker), ``max_new_tokens`` per turn and ``max_total_len`` tokens per trajectory.
 
-Single-turn mode (``max_turns=1``, no executor) is plain batched sampling with continuous
+Single-turn mode (``max_turns=1``, no environment) is plain batched sampling with continuous
 refill: the GRPO trainer's first use (``expand_requests`` makes ``num_samples`` requests per
 prompt sharing a ``group_id``).
 """
@@ -33,22 +36,27 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from toolrl_jax.chat import Conversation, detect_template
 from toolrl_jax.errors import ConfigError
-from toolrl_jax.toolcalls.types import ToolCall
-from toolrl_jax.rollout import stops as stops_lib
-from toolrl_jax.rollout.sampler import Sampler, bucket_length
+from toolrl_jax.rollout.sampler import DecodeState, Sampler, bucket_length
 from toolrl_jax.rollout.sampling import SamplingConfig
+from toolrl_jax.rollout.scheduler import (
+    Extend,
+    PrefillPlan,
+    Slot,
+    SlotScheduler,
+    SlotState,
+    plan_prefill,
+    turn_end_reason,
+)
 from toolrl_jax.rollout.trajectory import Trajectory, TrajectoryRecord
-
-OBSERVATION_FORMATS = ("toolrl", "hermes", "native", "interpreter")
-PARSE_ERROR = "parse_error"
+from toolrl_jax.rollout.turns import Environment, ToolTurnHandler, token_variants
 
 
 # ----------------------------------------------------------------------------- config
@@ -75,19 +83,15 @@ class RolloutConfig:
       refill: continuous refill of finished slots (False: batch-synchronous waves).
       sampling: temperature / top-p / top-k.
       seed: PRNG seed; trajectory ``uid`` uses stream ``fold_in(key(seed), uid)``.
-      observation_format: 'toolrl' (``<obs> ... </obs>`` user message, ToolRL), 'hermes'
-        (``<tool_response>`` blocks in a user message, Qwen), 'native' (the template's tool
-        role), 'interpreter' (ReTool: ``<interpreter>...</interpreter>`` inside the open turn).
-      tool_stop_strings: stop strings that end a turn with a tool call (matched as token ids,
-        every tokenization variant from ``chat.stop_sequence_variants``).
-      stop_strings: stop strings that end the trajectory.
-      tool_call_syntax: call syntax for ``toolcalls.parse`` ('auto' | 'toolrl' | 'hermes' | 'python').
       truncation_marker: appended to a cut tool result.
       obs_overhead_tokens: room for the template tokens around results (sizes the KV cache).
       pad_multiple: the output ``Trajectory`` is right-padded to a multiple of this.
       share_prompt_prefill: samples of one prompt admitted together share one prefill (the
         cache rows are copied); their tokens are the same as with separate prefills up to
         float rounding.
+
+    How tools are called and observations rendered (format, stop strings, call syntax) is the
+    environment's business: :class:`~toolrl_jax.rollout.turns.Environment`.
     """
 
     strategy: str = "groups"
@@ -103,10 +107,6 @@ class RolloutConfig:
     refill: bool = True
     sampling: SamplingConfig = SamplingConfig()
     seed: int = 0
-    observation_format: str = "hermes"
-    tool_stop_strings: tuple[str, ...] = ("</tool_call>",)
-    stop_strings: tuple[str, ...] = ()
-    tool_call_syntax: str = "auto"
     truncation_marker: str = " ...[truncated]"
     obs_overhead_tokens: int = 64
     pad_multiple: int = 64
@@ -131,17 +131,6 @@ class RolloutConfig:
             raise ConfigError(
                 f"rollout.eval_max_new_tokens must be >= 1 or null, got {self.eval_max_new_tokens}"
             )
-        if self.observation_format not in OBSERVATION_FORMATS:
-            raise ConfigError(
-                f"rollout.observation_format={self.observation_format!r}: use one of "
-                f"{', '.join(OBSERVATION_FORMATS)}"
-            )
-        for name in ("tool_stop_strings", "stop_strings"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, (value,))
-            else:
-                object.__setattr__(self, name, tuple(value))
 
     @property
     def cache_len(self) -> int:
@@ -163,7 +152,7 @@ class RolloutRequest:
       prompt_ids: the prompt's token ids (ending with the generation prompt), or None.
       messages: chat messages rendered with the engine's template (add_generation_prompt).
       group_id: GRPO group (samples of one prompt share it).
-      task: passed to ``ToolExecutor.start`` (per-trajectory environment state).
+      task: passed to ``executor.start`` (per-trajectory environment state).
     """
 
     prompt_ids: Sequence[int] | None = None
@@ -185,85 +174,68 @@ def expand_requests(
     return out
 
 
-# ----------------------------------------------------------------------------- tool calls
-CallExtractor = Callable[[str], "tuple[list[ToolCall], str]"]
+# ----------------------------------------------------------------------------- statistics
+@dataclasses.dataclass
+class RolloutStats:
+    """Counters of one ``run`` (``Trajectory.stats`` holds them plus the summary rates)."""
 
+    decode_calls: int = 0
+    decode_steps: int = 0
+    active_row_steps: int = 0
+    extend_calls: int = 0
+    prefill_tokens: int = 0
+    decode_s: float = 0.0
+    extend_s: float = 0.0
+    wait_s: float = 0.0
+    busy_slot_s: float = 0.0
 
-def tool_call_extractor(syntax: str = "auto") -> CallExtractor:
-    """Calls in the ``<tool_call>`` blocks of a turn's text, via ``toolcalls.parse``.
+    def add_decode(self, steps: int, busy_row_steps: int, seconds: float) -> None:
+        self.decode_calls += 1
+        self.decode_steps += steps
+        self.active_row_steps += busy_row_steps
+        self.decode_s += seconds
+        if steps:
+            self.busy_slot_s += seconds * busy_row_steps / steps
 
-    Returns ``f(text) -> (calls, reason)``; ``reason`` is '' on success, else why no call could
-    be read (the model sees it as an error observation).
-    """
-    from toolrl_jax.toolcalls.parse import parse_completion
+    def add_extend(self, tokens: int, seconds: float) -> None:
+        self.extend_calls += 1
+        self.prefill_tokens += tokens
+        self.extend_s += seconds
 
-    def extract(text: str) -> tuple[list[Any], str]:
-        parsed = parse_completion(text, syntax)
-        if not parsed.ok:
-            return [], parsed.reason or "malformed tool call"
-        if not parsed.tool_calls:
-            return [], "no tool call found"
-        return [ToolCall(c.name, dict(c.arguments)) for c in parsed.tool_calls], ""
-
-    return extract
-
-
-def code_extractor(
-    tool_name: str = "python", open_tag: str = "<code>", close_tag: str = "</code>"
-) -> CallExtractor:
-    """ReTool: the last ``<code>...</code>`` block (``` fences stripped) -> one call
-    ``tool_name(code=...)``."""
-
-    def extract(text: str) -> tuple[list[Any], str]:
-        end = text.rfind(close_tag)
-        start = text.rfind(open_tag, 0, end if end >= 0 else len(text))
-        if start < 0 or end < 0:
-            return [], f"no {open_tag}...{close_tag} block found"
-        code = text[start + len(open_tag) : end].strip()
-        if code.startswith("```"):
-            first_newline = code.find("\n")
-            code = code[first_newline + 1 :] if first_newline >= 0 else ""
-            if code.rstrip().endswith("```"):
-                code = code.rstrip()[:-3]
-        return [ToolCall(tool_name, {"code": code.strip("\n").rstrip()})], ""
-
-    return extract
+    def summary(self, records: Sequence[TrajectoryRecord], wall: float, num_slots: int) -> dict:
+        """Counters plus ``tool_turns``, ``wall_s``, ``generated_tokens``, ``tokens_per_s``,
+        ``slot_utilisation`` = active slot-steps / (num_slots x decode steps),
+        ``slot_occupancy`` = time-average fraction of slots decoding, ``decode_time_fraction``."""
+        generated = int(sum(sum(r.loss_mask) for r in records))
+        steps, per_wall = self.decode_steps, (1.0 / wall if wall > 0 else 0.0)
+        return dict(
+            dataclasses.asdict(self),
+            tool_turns=sum(len({c["turn"] for c in r.tool_calls}) for r in records),
+            wall_s=wall,
+            generated_tokens=generated,
+            tokens_per_s=generated * per_wall,
+            slot_utilisation=self.active_row_steps / (num_slots * steps) if steps else 0.0,
+            slot_occupancy=self.busy_slot_s * per_wall / num_slots,
+            decode_time_fraction=self.decode_s * per_wall,
+        )
 
 
 # ----------------------------------------------------------------------------- engine
-@dataclasses.dataclass
-class _Slot:
-    """Host view of one occupied slot."""
-
-    record: TrajectoryRecord
-    conversation: Any  # chat.Conversation (multi-turn) or None
-    cached: int  # tokens of record.ids in the KV cache (the pending token is not)
-    decoding: bool = False
-    future: concurrent.futures.Future | None = None
-    calls: list[Any] = dataclasses.field(default_factory=list)
-    parse_error: str = ""
-    submitted_at: float = 0.0
-
-
 class RolloutEngine:
     """Rolls out requests into a :class:`Trajectory` (see module docstring).
 
     Args:
       model: the policy (``Decoder``).
       config: :class:`RolloutConfig`.
-      tokenizer: HF tokenizer (needed for tools, chat messages and stop strings).
+      tokenizer: HF tokenizer (needed for chat messages, stop strings and chat rendering of tool
+        results).
       template: chat template (``chat.detect_template(tokenizer)`` by default).
-      executor: ``ToolExecutor``; with ``config.max_turns > 1`` tool turns run on it.
-      extract_calls: ``f(turn_text) -> (calls, reason)``; default
-        ``tool_call_extractor(config.tool_call_syntax)``.
+      environment: :class:`~toolrl_jax.rollout.turns.Environment` (executor, call extractor,
+        observation format, stop strings); multi-turn mode is ``config.max_turns > 1`` with one.
       eos_ids: ids that end a trajectory; default the template's end-of-turn ids and the
         tokenizer's EOS, else ``model.config.eos_token_ids``.
       stop_sequences / tool_stop_sequences: extra stop id sequences (ending the trajectory /
-        triggering tools), added to those from the config's strings.
-      render_observation: ``f(turn_ids, results) -> ids`` to append after a tool turn, where
-        ``results`` are ``(tool name, text)`` pairs; replaces the chat-template rendering (for
-        environments with their own format, or tokenizer-free benchmarks).
-      decode_text: ``f(ids) -> str`` used to parse calls; default ``tokenizer.decode``.
+        triggering tools), added to those from the environment's strings.
       init_cache: passed to the sampler (tests with fake models).
       jit_wrapper: passed to the sampler.
     """
@@ -275,63 +247,29 @@ class RolloutEngine:
         *,
         tokenizer: Any = None,
         template: Any = None,
-        executor: Any = None,
-        extract_calls: CallExtractor | None = None,
+        environment: Environment | None = None,
         eos_ids: Sequence[int] | None = None,
         stop_sequences: Sequence[Sequence[int]] = (),
         tool_stop_sequences: Sequence[Sequence[int]] = (),
-        render_observation: Callable[[list[int], list[tuple[str, str]]], list[int]] | None = None,
-        decode_text: Callable[[list[int]], str] | None = None,
         init_cache: Callable | None = None,
         jit_wrapper: Callable | None = None,
     ):
-        self.config = config
-        self.render_observation = render_observation
-        self.decode_text = decode_text
-        self.tokenizer = tokenizer
-        self.executor = executor
-        self.template = template
-        if tokenizer is not None and template is None:
-            from toolrl_jax.chat import detect_template
-
-            try:
-                self.template = detect_template(tokenizer)
-            except ConfigError:
-                if config.max_turns > 1 and render_observation is None:
-                    raise  # rendering tool results needs the chat format
-                self.template = None  # single-turn on prompt ids: no chat format needed
-        self.multi_turn = config.max_turns > 1 and executor is not None
-        if config.max_turns > 1 and executor is None:
-            raise ConfigError("rollout.max_turns > 1 needs a ToolExecutor (executor=...)")
-        if (
-            self.multi_turn
-            and tokenizer is None
-            and (render_observation is None or decode_text is None)
-        ):
+        if config.max_turns > 1 and environment is None:
             raise ConfigError(
-                "multi-turn rollouts need the tokenizer (or render_observation and "
-                "decode_text) to read calls and render tool results"
+                "rollout.max_turns > 1 needs an environment "
+                "(environment=Environment(executor=..., extract_calls=...))"
             )
-        self.extract_calls = extract_calls or tool_call_extractor(config.tool_call_syntax)
-
+        self.config = config
+        self.tokenizer = tokenizer
+        self.environment = environment
+        self.multi_turn = config.max_turns > 1 and environment is not None
+        self.template = template if template is not None else self._detect_template()
+        self.turns = self._turn_handler() if self.multi_turn else None
+        tool_seqs, end_seqs = self._stop_sequences(stop_sequences, tool_stop_sequences)
+        self.num_tool_stops = len(tool_seqs)  # table rows [0, num_tool_stops) trigger tools
         if eos_ids is None:
             eos_ids = self._default_eos_ids(model)
         self.eos_ids = tuple(int(t) for t in eos_ids)
-        tool_seqs = [list(s) for s in tool_stop_sequences]
-        end_seqs = [list(s) for s in stop_sequences]
-        if tokenizer is not None:
-            from toolrl_jax.chat import stop_sequence_variants
-
-            if self.multi_turn:
-                for s in config.tool_stop_strings:
-                    tool_seqs += [
-                        v for v in stop_sequence_variants(tokenizer, s) if v not in tool_seqs
-                    ]
-            for s in config.stop_strings:
-                end_seqs += [v for v in stop_sequence_variants(tokenizer, s) if v not in end_seqs]
-        if not self.multi_turn:
-            end_seqs, tool_seqs = end_seqs + tool_seqs, []
-        self.num_tool_stops = len(tool_seqs)  # table rows [0, num_tool_stops) trigger tools
         self.sampler = Sampler(
             model,
             batch_size=config.num_slots,
@@ -343,6 +281,40 @@ class RolloutEngine:
             init_cache=init_cache,
             jit_wrapper=jit_wrapper,
         )
+
+    # ------------------------------------------------------------------ construction
+    def _detect_template(self) -> Any:
+        if self.tokenizer is None:
+            return None
+        try:
+            return detect_template(self.tokenizer)
+        except ConfigError:
+            if self.multi_turn and self.environment.render_observation is None:
+                raise  # rendering tool results needs the chat format
+            return None  # single-turn on prompt ids: no chat format needed
+
+    def _turn_handler(self) -> ToolTurnHandler:
+        return ToolTurnHandler(
+            self.environment,
+            tokenizer=self.tokenizer,
+            template=self.template,
+            max_obs_tokens=self.config.max_obs_tokens,
+            truncation_marker=self.config.truncation_marker,
+        )
+
+    def _stop_sequences(
+        self, stop_sequences: Sequence[Sequence[int]], tool_stop_sequences: Sequence[Sequence[int]]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """``(tool stops, trajectory stops)`` as id lists; single-turn: no tool stops (the
+        explicit ``tool_stop_sequences`` then end the trajectory)."""
+        tool = [list(s) for s in tool_stop_sequences]
+        end = [list(s) for s in stop_sequences]
+        env, tok = self.environment, self.tokenizer
+        if tok is not None and env is not None:
+            if self.multi_turn:
+                tool += [v for v in token_variants(tok, env.tool_stop_strings) if v not in tool]
+            end += [v for v in token_variants(tok, env.stop_strings) if v not in end]
+        return (tool, end) if self.multi_turn else ([], end + tool)
 
     def _default_eos_ids(self, model: Any) -> list[int]:
         ids: list[int] = []
@@ -356,91 +328,14 @@ class RolloutEngine:
             ids = list(getattr(getattr(model, "config", None), "eos_token_ids", ()) or ())
         return ids
 
+    @property
+    def executor(self) -> Any:
+        """The environment's tool executor (None without an environment)."""
+        return None if self.environment is None else self.environment.executor
+
     def set_params(self, params: Any) -> None:
         """New policy weights (``nnx.state`` of the model) for the next rollouts."""
         self.sampler.set_params(params)
-
-    # ------------------------------------------------------------------ requests
-    def _new_slot(self, uid: int, request: RolloutRequest) -> _Slot:
-        conv = None
-        if request.messages is not None:
-            if self.tokenizer is None or self.template is None:
-                raise ConfigError(
-                    "RolloutRequest.messages needs the engine's tokenizer with a chat template; "
-                    "pass prompt_ids instead"
-                )
-            from toolrl_jax.chat import Conversation
-
-            conv = Conversation.from_messages(
-                self.tokenizer, self.template, list(request.messages), add_generation_prompt=True
-            )
-            prompt = conv.ids
-        elif request.prompt_ids is not None:
-            prompt = [int(t) for t in request.prompt_ids]
-            if self.multi_turn and self.render_observation is None:
-                from toolrl_jax.chat import Conversation
-
-                conv = Conversation(
-                    tokenizer=self.tokenizer,
-                    template=self.template,
-                    ids=list(prompt),
-                    loss_mask=[0] * len(prompt),
-                    open_turn="assistant",
-                )
-        else:
-            raise ConfigError(f"request {uid}: give prompt_ids or messages")
-        if not prompt:
-            raise ConfigError(f"request {uid}: empty prompt")
-        if len(prompt) + 1 > self.config.max_total_len:
-            raise ConfigError(
-                f"request {uid}: prompt of {len(prompt)} tokens leaves no room under "
-                f"rollout.max_total_len={self.config.max_total_len}; raise it or shorten the prompt"
-            )
-        record = TrajectoryRecord.from_prompt(uid, request.group_id, prompt)
-        if self.multi_turn:
-            self.executor.start(uid, request.task)
-        return _Slot(record=record, conversation=conv, cached=0)
-
-    # ------------------------------------------------------------------ observations
-    def _truncate_result(self, text: str) -> str:
-        if self.tokenizer is None:
-            return text
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= self.config.max_obs_tokens:
-            return text
-        return (
-            self.tokenizer.decode(ids[: self.config.max_obs_tokens]) + self.config.truncation_marker
-        )
-
-    def _observation_ids(
-        self, slot: _Slot, turn_ids: list[int], results: list[tuple[str, str]]
-    ) -> list[int]:
-        """Render ``results`` ((name, text) pairs) after the turn; returns the ids to append
-        (closing tokens, the observation message, the next generation prompt)."""
-        if self.render_observation is not None:
-            return [
-                int(t)
-                for t in self.render_observation(
-                    list(turn_ids), [(n, self._truncate_result(t)) for n, t in results]
-                )
-            ]
-        conv = slot.conversation
-        fmt = self.config.observation_format
-        conv.append_generated(turn_ids, end_of_turn=False)
-        start = len(conv.ids)
-        texts = [self._truncate_result(t) for _, t in results]
-        if fmt == "interpreter":
-            conv.append_text("\n<interpreter>\n" + "\n".join(texts) + "\n</interpreter>\n")
-        elif fmt == "toolrl":
-            from toolrl_jax.chat import toolrl_observation_payload
-
-            payload = toolrl_observation_payload([(n, t) for (n, _), t in zip(results, texts)])
-            conv.append_tool_results([payload], format="toolrl")
-            conv.add_generation_prompt()
-        else:
-            conv.append_tool_results(texts, format=fmt)
-            conv.add_generation_prompt()
-        return list(conv.ids[start:])
 
     # ------------------------------------------------------------------ main loop
     def run(
@@ -452,310 +347,207 @@ class RolloutEngine:
     ) -> Trajectory:
         """Roll out every request; rows of the result are in request order (uid = index).
 
-        ``Trajectory.stats`` holds: ``generated_tokens``, ``wall_s``, ``tokens_per_s``;
-        ``slot_utilisation`` = active slot-steps / (num_slots x decode steps) (decode compute
-        spent on live rows); ``slot_occupancy`` = time-average fraction of slots decoding
-        (0 while every slot waits for tools); ``decode_time_fraction``; counts of decode /
-        extend calls, decode steps, prefilled tokens, tool turns; seconds in decode, extend and
-        waiting.
+        ``Trajectory.stats`` holds (:class:`RolloutStats`): ``generated_tokens``, ``wall_s``,
+        ``tokens_per_s``; ``slot_utilisation`` = active slot-steps / (num_slots x decode steps)
+        (decode compute spent on live rows); ``slot_occupancy`` = time-average fraction of
+        slots decoding (0 while every slot waits for tools); ``decode_time_fraction``; counts of
+        decode / extend calls, decode steps, prefilled tokens, tool turns; seconds in decode,
+        extend and waiting.
         ``refill`` and ``seed`` override the config for this call (compiled programs are shared;
         e.g. a trainer passes a new seed every step).
         """
         cfg = self.config
+        requests = self._checked_requests(requests)
         refill = cfg.refill if refill is None else bool(refill)
-        seed = cfg.seed if seed is None else int(seed)
+        scheduler = SlotScheduler(cfg.num_slots, requests, refill=refill)
+        stats = RolloutStats()
+        state = self.sampler.init_state(cfg.seed if seed is None else int(seed))
+        t0 = time.perf_counter()
+        try:
+            while scheduler.busy():
+                extends = self._resume_tool_turns(scheduler)  # AWAITING_TOOLS -> READY / FREE
+                extends += scheduler.admit(self._start_trajectory)  # FREE -> READY
+                if extends:
+                    state = self._extend(state, scheduler, extends, stats)  # READY -> DECODING
+                if scheduler.in_state(SlotState.DECODING):
+                    state = self._decode(state, scheduler, stats)  # -> AWAITING_TOOLS / FREE
+                elif not extends:
+                    self._wait_for_tools(scheduler, stats)
+        finally:  # an error or interrupt mid-run must not leak per-trajectory tool state
+            if self.turns is not None:
+                for uid in scheduler.occupied_uids():
+                    self.turns.finish(uid)
+        records = scheduler.records()
+        return Trajectory.from_records(
+            records,
+            pad_id=self._pad_id(),
+            pad_multiple=cfg.pad_multiple,
+            stats=stats.summary(records, time.perf_counter() - t0, cfg.num_slots),
+        )
+
+    # ------------------------------------------------------------------ requests
+    def _checked_requests(self, requests: Sequence[Any]) -> list[RolloutRequest]:
+        """Requests as :class:`RolloutRequest`; prompts that cannot fit fail before any work."""
         requests = [
             r if isinstance(r, RolloutRequest) else RolloutRequest(prompt_ids=list(r))
             for r in requests
         ]
-        for uid, r in enumerate(requests):  # fail before any work, not halfway through
-            if r.prompt_ids is not None and len(r.prompt_ids) + 1 > cfg.max_total_len:
+        for uid, r in enumerate(requests):
+            if r.prompt_ids is not None:
+                self._check_prompt(uid, r.prompt_ids)
+        return requests
+
+    def _check_prompt(self, uid: int, prompt: Sequence[int]) -> None:
+        if not prompt:
+            raise ConfigError(f"request {uid}: empty prompt")
+        if len(prompt) + 1 > self.config.max_total_len:
+            raise ConfigError(
+                f"request {uid}: prompt of {len(prompt)} tokens leaves no room under "
+                f"rollout.max_total_len={self.config.max_total_len}; raise it or shorten the prompt"
+            )
+
+    def _prompt(self, uid: int, request: RolloutRequest) -> tuple[list[int], Any]:
+        """The prompt ids and, for chat messages, the ``Conversation`` that rendered them."""
+        if request.messages is not None:
+            if self.tokenizer is None or self.template is None:
                 raise ConfigError(
-                    f"request {uid}: prompt of {len(r.prompt_ids)} tokens leaves no room under "
-                    f"rollout.max_total_len={cfg.max_total_len}; raise it or shorten the prompt"
+                    "RolloutRequest.messages needs the engine's tokenizer with a chat template; "
+                    "pass prompt_ids instead"
                 )
-        b = cfg.num_slots
-        queue = deque(enumerate(requests))
-        slots: list[_Slot | None] = [None] * b
-        done: dict[int, TrajectoryRecord] = {}
-        stats = dict(
-            decode_calls=0,
-            decode_steps=0,
-            active_row_steps=0,
-            extend_calls=0,
-            prefill_tokens=0,
-            decode_s=0.0,
-            extend_s=0.0,
-            wait_s=0.0,
-            busy_slot_s=0.0,
-        )
-        state = self.sampler.init_state(seed)
-        t0 = time.perf_counter()
+            conv = Conversation.from_messages(
+                self.tokenizer, self.template, list(request.messages), add_generation_prompt=True
+            )
+            return list(conv.ids), conv
+        if request.prompt_ids is None:
+            raise ConfigError(f"request {uid}: give prompt_ids or messages")
+        return [int(t) for t in request.prompt_ids], None
 
-        def finish(i: int, reason: str) -> None:
-            slot = slots[i]
-            slot.record.stop_reason = reason
-            done[slot.record.uid] = slot.record
-            if self.multi_turn:
-                self.executor.finish(slot.record.uid)
-            slots[i] = None
+    def _start_trajectory(self, uid: int, request: RolloutRequest) -> TrajectoryRecord:
+        prompt, conversation = self._prompt(uid, request)
+        self._check_prompt(uid, prompt)
+        if self.turns is not None:
+            self.turns.start(uid, request.task, prompt, conversation)
+        return TrajectoryRecord.from_prompt(uid, request.group_id, prompt)
 
-        try:
-            while queue or any(s is not None for s in slots):
-                pending_extends: list[
-                    tuple[int, list[int], bool, int]
-                ] = []  # slot, chunk, reset, uid
-                # (1) tool results that arrived -> observation chunks
-                for i, slot in enumerate(slots):
-                    if slot is not None and slot.future is not None and slot.future.done():
-                        chunk = self._resume_after_tools(slot)
-                        if chunk is None:
-                            finish(i, "length")
-                        else:
-                            pending_extends.append((i, chunk, False, -1))
-                # (2) admission of waiting requests into free slots
-                if queue and (refill or all(s is None for s in slots)):
-                    for i in range(b):
-                        if slots[i] is None and queue:
-                            uid, request = queue.popleft()
-                            slots[i] = self._new_slot(uid, request)
-                            pending_extends.append((i, list(slots[i].record.ids), True, uid))
-                # (3) prefill the new tokens, grouped by length bucket
-                if pending_extends:
-                    t = time.perf_counter()
-                    state = self._extend(state, slots, pending_extends, stats)
-                    stats["extend_calls"] += 1
-                    stats["extend_s"] += time.perf_counter() - t
-                # (4) decode a chunk for every decoding slot
-                if any(s is not None and s.decoding for s in slots):
-                    t = time.perf_counter()
-                    state, steps, busy = self.sampler.decode(state, cfg.chunk_steps)
-                    active, reason, which, num = jax.device_get(
-                        (state.active, state.stop_reason, state.stop_which, state.num_tokens)
-                    )
-                    elapsed = time.perf_counter() - t
-                    stats["decode_calls"] += 1
-                    stats["decode_steps"] += int(steps)
-                    stats["active_row_steps"] += int(busy)
-                    stats["decode_s"] += elapsed
-                    if int(steps):
-                        stats["busy_slot_s"] += elapsed * int(busy) / int(steps)
-                    stopped = [
-                        i
-                        for i, s in enumerate(slots)
-                        if s is not None and s.decoding and not active[i]
-                    ]
-                    if stopped:
-                        tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
-                        for i in stopped:
-                            n = int(num[i])
-                            self._on_turn_end(
-                                i,
-                                slots,
-                                finish,
-                                tokens[i, :n].tolist(),
-                                logprobs[i, :n].tolist(),
-                                int(reason[i]),
-                                int(which[i]),
-                            )
-                elif not pending_extends:
-                    # (5) nothing decodes: wait for the first tool result
-                    futures = [s.future for s in slots if s is not None and s.future is not None]
-                    if futures:
-                        t = time.perf_counter()
-                        concurrent.futures.wait(
-                            futures, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
-                        )
-                        stats["wait_s"] += time.perf_counter() - t
+    def _finish(self, scheduler: SlotScheduler, i: int, reason: str) -> None:
+        record = scheduler.finish(i, reason)
+        if self.turns is not None:
+            self.turns.finish(record.uid)
 
-        finally:  # an error or interrupt mid-run must not leak per-trajectory tool state
-            if self.multi_turn:
-                for slot in slots:
-                    if slot is not None:
-                        self.executor.finish(slot.record.uid)
-        wall = time.perf_counter() - t0
-        records = [done[uid] for uid in sorted(done)]
-        generated = int(sum(sum(r.loss_mask) for r in records))
-        stats.update(
-            tool_turns=sum(len({c["turn"] for c in r.tool_calls}) for r in records),
-            wall_s=wall,
-            generated_tokens=generated,
-            tokens_per_s=generated / wall if wall > 0 else 0.0,
-            slot_utilisation=(
-                stats["active_row_steps"] / (b * stats["decode_steps"])
-                if stats["decode_steps"]
-                else 0.0
-            ),
-            slot_occupancy=stats["busy_slot_s"] / (b * wall) if wall > 0 else 0.0,
-            decode_time_fraction=stats["decode_s"] / wall if wall > 0 else 0.0,
-        )
-        pad_id = 0
-        if self.tokenizer is not None and isinstance(
-            getattr(self.tokenizer, "pad_token_id", None), int
-        ):
-            pad_id = self.tokenizer.pad_token_id
-        return Trajectory.from_records(
-            records, pad_id=pad_id, pad_multiple=cfg.pad_multiple, stats=stats
-        )
-
+    # ------------------------------------------------------------------ prefill
     def _extend(
         self,
-        state,
-        slots: list[_Slot | None],
-        pending: list[tuple[int, list[int], bool, int]],
-        stats: dict[str, Any],
-    ):
-        """Prefill the pending chunks ``(slot, ids, reset, uid)`` (uid -1: continue the stream).
-
-        With ``share_prompt_prefill``, fresh prompts admitted together with identical ids (the
-        samples of one GRPO group) are prefilled once: the group's first slot gets the prompt
-        minus its last token, its cache is copied to the other slots, and every slot is then
-        extended by the last token alone, which samples its first token from its own stream.
-        """
-        cfg = self.config
-        first_pass: list[tuple[int, list[int], bool, int]] = []
-        last_tokens: list[tuple[int, list[int], bool, int]] = []
-        copies: list[tuple[int, int]] = []
-        if cfg.share_prompt_prefill:
-            groups: dict[tuple[int, ...], list[tuple[int, list[int], bool, int]]] = {}
-            for item in pending:
-                if item[2] and len(item[1]) >= 2:
-                    groups.setdefault(tuple(item[1]), []).append(item)
-            shared = {key for key, items in groups.items() if len(items) > 1}
-            for item in pending:
-                if not (item[2] and tuple(item[1]) in shared):
-                    first_pass.append(item)
-            for key in shared:
-                members = groups[key]
-                src = members[0][0]
-                first_pass.append((src, list(key[:-1]), True, -1))
-                copies += [(src, m[0]) for m in members[1:]]
-                last_tokens += [(m[0], [key[-1]], False, m[3]) for m in members]
-        else:
-            first_pass = list(pending)
-        state = self._extend_by_bucket(state, first_pass)
-        if copies:
-            state = self.sampler.copy_rows(state, [s for s, _ in copies], [d for _, d in copies])
-        state = self._extend_by_bucket(state, last_tokens)
-        stats["prefill_tokens"] += sum(len(c) for _, c, _, _ in first_pass + last_tokens)
-        for i, chunk, _, _ in pending:
-            slot = slots[i]
-            slot.cached += len(chunk)
-            slot.decoding = True
-            slot.future = None
+        state: DecodeState,
+        scheduler: SlotScheduler,
+        extends: list[Extend],
+        stats: RolloutStats,
+    ) -> DecodeState:
+        """Prefill the READY slots' ids (:func:`~toolrl_jax.rollout.scheduler.plan_prefill`)."""
+        t = time.perf_counter()
+        plan: PrefillPlan = plan_prefill(extends, share_prompts=self.config.share_prompt_prefill)
+        state = self._extend_by_bucket(state, plan.first)
+        if plan.copies:
+            src, dst = [c.src for c in plan.copies], [c.dst for c in plan.copies]
+            state = self.sampler.copy_rows(state, src, dst)
+        state = self._extend_by_bucket(state, plan.last)
+        scheduler.extended(extends)
+        stats.add_extend(plan.num_tokens, time.perf_counter() - t)
         return state
 
-    def _extend_by_bucket(self, state, items: list[tuple[int, list[int], bool, int]]):
+    def _extend_by_bucket(self, state: DecodeState, extends: Sequence[Extend]) -> DecodeState:
         """One ``Sampler.extend`` per length bucket."""
-        cfg = self.config
-        groups: dict[int, list[tuple[int, list[int], bool, int]]] = {}
-        for item in items:
-            groups.setdefault(
-                bucket_length(len(item[1]), minimum=self.sampler.min_bucket), []
-            ).append(item)
-        for _, group in sorted(groups.items()):
+        buckets: dict[int, list[Extend]] = {}
+        for e in extends:
+            length = bucket_length(len(e.ids), minimum=self.sampler.min_bucket)
+            buckets.setdefault(length, []).append(e)
+        for _, group in sorted(buckets.items()):
             state = self.sampler.extend(
                 state,
-                [i for i, *_ in group],
-                [chunk for _, chunk, _, _ in group],
-                reset=[reset for _, _, reset, _ in group],
-                uids=[uid for *_, uid in group],
-                max_tokens=cfg.max_new_tokens,
-                max_total=cfg.max_total_len,
+                [e.slot for e in group],
+                [list(e.ids) for e in group],
+                reset=[e.reset for e in group],
+                uids=[-1 if e.uid is None else e.uid for e in group],
+                max_tokens=self.config.max_new_tokens,
+                max_total=self.config.max_total_len,
             )
         return state
-        return state
 
-    def _on_turn_end(self, i, slots, finish, turn_ids, turn_logprobs, reason, which) -> None:
-        slot = slots[i]
-        slot.decoding = False
-        slot.record.append_generated(turn_ids, turn_logprobs)
-        # every generated token but the last (the pending one) is in the cache now
-        slot.cached += len(turn_ids) - 1
-        if reason == stops_lib.EOS:
-            return finish(i, "eos")
-        if reason == stops_lib.LENGTH:
-            return finish(i, "length")
-        if not (reason == stops_lib.STOP_SEQUENCE and 0 <= which < self.num_tool_stops):
-            return finish(i, "stop_sequence")
-        if len(slot.record.turn_starts) >= self.config.max_turns:
-            return finish(i, "max_turns")
-        # the text is for parsing only; the ids stay the truth
-        if self.decode_text is not None:
-            text = self.decode_text(turn_ids)
-        else:
-            text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
-        calls, why = self.extract_calls(text)
-        slot.calls, slot.parse_error = calls, why
-        slot.submitted_at = time.perf_counter()
-        if calls:
-            slot.future = self.executor.submit(slot.record.uid, calls)
-        else:
-            slot.future = concurrent.futures.Future()
-            slot.future.set_result([])
-
-    def _resume_after_tools(self, slot: _Slot) -> list[int] | None:
-        """Observation ids to append (pending token first), or None when they do not fit."""
-        cfg = self.config
-        turn = len(slot.record.turn_starts) - 1
-        try:
-            results = slot.future.result()
-        except Exception as e:  # noqa: BLE001 - an executor failure is an observation, not a crash
-            results = [
-                _FailedResult(str(getattr(c, "name", "?")), f"Error: tool execution failed: {e}")
-                for c in slot.calls
-            ]
-        slot.future = None
-        pairs: list[tuple[str, str]] = []
-        if slot.parse_error:
-            text = f"Error: could not parse the tool call: {slot.parse_error}"
-            pairs.append(("error", text))
-            slot.record.tool_calls.append(
-                dict(
-                    turn=turn,
-                    name=None,
-                    arguments=None,
-                    ok=False,
-                    text=text,
-                    error_kind=PARSE_ERROR,
-                    seconds=0.0,
-                )
-            )
-        for call, res in zip(slot.calls, results):
-            pairs.append((res.name, res.text))
-            slot.record.tool_calls.append(
-                dict(
-                    turn=turn,
-                    name=res.name,
-                    arguments=getattr(call, "arguments", None),
-                    ok=res.ok,
-                    text=res.text,
-                    error_kind=res.error_kind,
-                    seconds=float(res.seconds),
-                )
-            )
-        turn_ids = slot.record.ids[slot.record.turn_starts[-1] : slot.record.turn_ends[-1]]
-        obs = self._observation_ids(slot, turn_ids, pairs)
-        chunk = [slot.record.ids[-1]] + obs  # the pending token is not in the cache yet
-        new_len = len(slot.record.ids) + len(obs)
-        fits_cache = (
-            slot.cached + bucket_length(len(chunk), minimum=self.sampler.min_bucket)
-            <= cfg.cache_len
+    # ------------------------------------------------------------------ decode
+    def _decode(
+        self, state: DecodeState, scheduler: SlotScheduler, stats: RolloutStats
+    ) -> DecodeState:
+        """One chunk of decode steps; rows that stopped end their turn."""
+        t = time.perf_counter()
+        state, steps, busy = self.sampler.decode(state, self.config.chunk_steps)
+        active, code, which, num = jax.device_get(
+            (state.active, state.stop_reason, state.stop_which, state.num_tokens)
         )
-        if new_len + 1 > cfg.max_total_len or not fits_cache:
-            return None
-        slot.record.append_observation(obs)
-        # slot.cached is advanced by len(chunk) in _extend (pending token + observation)
-        return chunk
+        stats.add_decode(int(steps), int(busy), time.perf_counter() - t)
+        stopped = [i for i in scheduler.in_state(SlotState.DECODING) if not active[i]]
+        if stopped:
+            tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
+            for i in stopped:
+                n = int(num[i])
+                record = scheduler.end_turn(i, tokens[i, :n].tolist(), logprobs[i, :n].tolist())
+                self._after_turn(scheduler, i, record, int(code[i]), int(which[i]))
+        return state
 
+    def _after_turn(
+        self, scheduler: SlotScheduler, i: int, record: TrajectoryRecord, code: int, which: int
+    ) -> None:
+        """DECODING -> FREE (the trajectory ends) or AWAITING_TOOLS (the calls are submitted)."""
+        turns = len(record.turn_starts)
+        reason = turn_end_reason(
+            code,
+            which,
+            num_tool_stops=self.num_tool_stops,
+            turns=turns,
+            max_turns=self.config.max_turns,
+        )
+        if reason is not None:
+            self._finish(scheduler, i, reason)
+            return
+        turn_ids = record.ids[record.turn_starts[-1] : record.turn_ends[-1]]
+        scheduler.await_tools(i, self.turns.submit(record.uid, turns - 1, turn_ids))
 
-@dataclasses.dataclass(frozen=True)
-class _FailedResult:
-    name: str
-    text: str
-    ok: bool = False
-    error_kind: str = "exception"
-    seconds: float = 0.0
+    # ------------------------------------------------------------------ tools
+    def _resume_tool_turns(self, scheduler: SlotScheduler) -> list[Extend]:
+        """Observations of the tool turns that are done, as extends; a trajectory whose
+        observation does not fit ends with 'length'."""
+        extends = []
+        for i in scheduler.tools_done():
+            slot = scheduler.slots[i]
+            observation = self.turns.observe(slot.record.uid, slot.tool_turn)
+            slot.record.tool_calls.extend(observation.tool_calls)
+            if self._fits(slot, len(observation.ids)):
+                extends.append(scheduler.resume(i, observation.ids))
+            else:
+                self._finish(scheduler, i, "length")
+        return extends
+
+    def _fits(self, slot: Slot, num_obs: int) -> bool:
+        """Room for the observation and one more token, in the trajectory and the cache (the
+        extend holds the pending token plus the observation)."""
+        cfg = self.config
+        chunk = bucket_length(num_obs + 1, minimum=self.sampler.min_bucket)
+        return (
+            len(slot.record.ids) + num_obs + 1 <= cfg.max_total_len
+            and slot.cached + chunk <= cfg.cache_len
+        )
+
+    def _wait_for_tools(self, scheduler: SlotScheduler, stats: RolloutStats) -> None:
+        """Nothing decodes: block until the first tool result (at most 1 s)."""
+        futures = scheduler.tool_futures()
+        if futures:
+            t = time.perf_counter()
+            concurrent.futures.wait(
+                futures, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            stats.wait_s += time.perf_counter() - t
+
+    def _pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+        return pad if isinstance(pad, int) else 0
 
 
 def generation_stats_line(traj: Trajectory) -> str:

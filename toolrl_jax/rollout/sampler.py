@@ -49,8 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.decoder import init_cache as decoder_init_cache
+from toolrl_jax.models.sharding import batch_partition_spec, cache_partition_spec, fit_spec
 from toolrl_jax.rollout import stops as stops_lib
 from toolrl_jax.rollout.sampling import SamplingConfig, sample_from_logits
 
@@ -469,8 +472,6 @@ class Sampler:
         self.graphdef, self.params = nnx.split(model)
         self.config = getattr(model, "config", None)
         if init_cache is None:
-            from toolrl_jax.models.decoder import init_cache as decoder_init_cache
-
             config = self.config
 
             def init_cache(batch, max_len):
@@ -572,10 +573,6 @@ class Sampler:
     def _shardings_of(self, state: DecodeState) -> DecodeState:
         """NamedShardings: cache k/v by ``cache_partition_spec``, batch-major arrays by
         ``batch_partition_spec`` (both fitted to the shapes), the run key replicated."""
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        from toolrl_jax.models.sharding import batch_partition_spec, cache_partition_spec, fit_spec
-
         mesh = self.mesh
 
         def batch_major(x):

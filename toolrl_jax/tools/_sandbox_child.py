@@ -17,12 +17,15 @@ Running as root while the program runs as another uid, the reaper cannot be sign
 program (`os.kill(os.getppid(), 9)` fails with EPERM).
 """
 
+import builtins
 import ctypes
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
+import types
 
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
@@ -237,9 +240,6 @@ def _program(cfg):
         os.write(2, ("sandbox setup failed: %s: %s\n" % (type(exc).__name__, exc)).encode())
         os._exit(125)
 
-    import builtins
-    import types
-
     bootstrap_file = __file__
 
     def excepthook(kind, value, tb):
@@ -412,8 +412,6 @@ def main():
             break
     report["clean"] = _kill_everything(program, cfg["uid"])
     if os.getppid() != cfg["parent_pid"]:  # the trainer died: nobody else removes the workdir
-        import shutil
-
         shutil.rmtree(os.path.basename(cfg["workdir"]), ignore_errors=True, dir_fd=parent_fd)
 
     def as_json(value):

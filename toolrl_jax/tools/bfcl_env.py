@@ -46,6 +46,7 @@ import json
 import os
 import re
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from toolrl_jax.data.bfcl import (
@@ -59,6 +60,7 @@ from toolrl_jax.data.bfcl import (
 )
 from toolrl_jax.data.task import ToolTask, render_toolrl_output
 from toolrl_jax.errors import DataError
+from toolrl_jax.eval.bfcl import bfcl_multi_turn
 
 __all__ = [
     "BFCLEnvironment",
@@ -200,8 +202,6 @@ class BFCLEnvironment:
     """
 
     def __init__(self, classes: Sequence[str] | None = None, *, data_dir: str | os.PathLike | None = None):
-        from toolrl_jax.eval.bfcl import bfcl_multi_turn
-
         _, _, utils = bfcl_multi_turn()  # checks bfcl-eval and mpmath are importable
         self._class_modules: dict[str, str] = dict(utils.CLASS_FILE_PATH_MAPPING)
         self._stateless = frozenset(utils.STATELESS_CLASSES)
@@ -209,8 +209,6 @@ class BFCLEnvironment:
         unknown = [c for c in classes if c not in MULTI_TURN_FUNC_DOC_FILES]
         if unknown:
             raise DataError(f"unknown BFCL class {unknown[0]!r} (known: {', '.join(MULTI_TURN_FUNC_DOC_FILES)})")
-        from pathlib import Path
-
         d = Path(data_dir) if data_dir is not None else bfcl_data_dir()
         tools: list[BFCLFunctionTool] = []
         self._owner: dict[str, str] = {}

@@ -420,7 +420,7 @@ def read_metrics(run_dir: str | pathlib.Path) -> list[dict]:
 
 def plot_run(run_dir: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> list[pathlib.Path]:
     """Writes PNG curves (one figure per record kind, one panel per numeric metric)."""
-    import matplotlib
+    import matplotlib  # lazy: optional dependency; the backend must be set before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

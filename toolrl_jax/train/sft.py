@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from toolrl_jax.chat import Conversation
+from toolrl_jax.data.batching import pad_batch
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl.train_step import OptimConfig, TrainState, make_optimizer, token_logprobs
 
@@ -59,8 +61,6 @@ class SFTConfig:
 def sft_example(tokenizer, template, messages: Sequence[Mapping[str, Any]], answer: str
                 ) -> tuple[list[int], list[int]]:
     """Token ids and loss mask of ``messages + [assistant: answer]`` (mask 1 on the answer)."""
-    from toolrl_jax.chat import Conversation
-
     conv = Conversation.from_messages(
         tokenizer, template, list(messages) + [{"role": "assistant", "content": answer}],
         train_on_assistant=True,
@@ -71,8 +71,6 @@ def sft_example(tokenizer, template, messages: Sequence[Mapping[str, Any]], answ
 def pad_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int,
                  pad_id: int = 0) -> dict[str, np.ndarray]:
     """Right-pads ``(ids, mask)`` pairs to ``[B, length]`` arrays (tokens, positions, ...)."""
-    from toolrl_jax.data.batching import pad_batch
-
     tokens, valid, _ = pad_batch([ids for ids, _ in examples], (length,), pad_id)
     mask, _, _ = pad_batch([m for _, m in examples], (length,), 0)
     mask = mask.astype(np.float32)

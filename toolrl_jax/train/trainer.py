@@ -468,9 +468,5 @@ def build_engine(model: Any, config: Any, environment: Environment | None, token
     """The rollout engine for ``config`` with ``environment``'s tools (None: single-turn)."""
     if environment is None:
         config = dataclasses.replace(config, max_turns=1)
-        return RolloutEngine(model, config, tokenizer=tokenizer, template=template)
-    config = dataclasses.replace(config, observation_format=environment.observation_format,
-                                 tool_stop_strings=environment.tool_stop_strings,
-                                 stop_strings=environment.stop_strings)
     return RolloutEngine(model, config, tokenizer=tokenizer, template=template,
-                         executor=environment.executor, extract_calls=environment.extract_calls)
+                         environment=environment)
