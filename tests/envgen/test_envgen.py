@@ -16,7 +16,7 @@ from toolrl_jax.envgen import (
 from toolrl_jax.envgen.builder import gt_turn_inputs, read_env_dir, task_world
 from toolrl_jax.envgen.world import ToolError
 from toolrl_jax.errors import DataError
-from toolrl_jax.eval.envs import evaluate_envs, texts_episodes_fn
+from toolrl_jax.envgen.evaluation import evaluate_envs, texts_episodes_fn
 from toolrl_jax.toolcalls.types import ToolCall
 from toolrl_jax.tools.executor import ToolExecutor
 

@@ -4,7 +4,7 @@ the rollout engine plays each task on its own world and the episodes are scored.
 import pytest
 
 from toolrl_jax.envgen import BuildOptions, build_env_dir, load_env_tasks
-from toolrl_jax.eval.envs import engine_episodes_fn, evaluate_envs
+from toolrl_jax.envgen.evaluation import engine_episodes_fn, evaluate_envs
 
 from tests.conftest import REPO
 

@@ -123,7 +123,7 @@ def local_predict(args):
 def envs_eval(args) -> int:
     """Multi-turn evaluation on a built FTRL environment directory (``--benchmark envs``)."""
     from toolrl_jax.chat import detect_template, load_tokenizer
-    from toolrl_jax.eval.envs import run_envs_eval
+    from toolrl_jax.envgen.evaluation import run_envs_eval
     from toolrl_jax.models.registry import DEFAULT_MODEL, load_model
 
     loaded = load_model(args.model or DEFAULT_MODEL, dtype=args.dtype)
