@@ -21,8 +21,7 @@ from toolrl_jax.data.task import ToolTask
 from toolrl_jax.envgen import env_for_tasks
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.registry import Registry
-from toolrl_jax.rollout.engine import tool_call_extractor
-from toolrl_jax.rollout.turns import Environment
+from toolrl_jax.rollout.turns import Environment, tool_call_extractor
 from toolrl_jax.tools.bfcl_env import BFCLEnvironment
 from toolrl_jax.tools.executor import ToolExecutor
 
