@@ -14,7 +14,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias, local dir, .gguf or hub id")
-    parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated")
+    parser.add_argument("--benchmark", required=True, help="bfcl | apibank | toolrl | generated | math")
     parser.add_argument("--categories", default=None,
                         help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
     parser.add_argument("--data", nargs="*", default=None, help="data file(s) for apibank / toolrl")
@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-style", default="toolrl", help="toolrl | json_schema | compact")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-prompt-tokens", type=int, default=4096)
+    parser.add_argument("--samples", type=int, default=1,
+                        help="math: answers per problem (pass@1 = their mean; > 1 samples at temperature 1)")
 
 
 def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_size: int,
@@ -72,6 +74,8 @@ def run(args) -> int:
     loaded = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(loaded.source.tokenizer_source)
     template = detect_template(tokenizer)
+    if args.benchmark == "math":  # ReTool: multi-turn with the code interpreter
+        return _run_math(args, loaded.model, tokenizer, template)
     predict = make_predict_fn(loaded.model, tokenizer, template,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                               max_prompt_tokens=args.max_prompt_tokens)
@@ -84,6 +88,19 @@ def run(args) -> int:
     finally:
         bar.close()
     report_and_save(results, str(args.model), args.output)
+    return 0
+
+
+def _run_math(args, model, tokenizer, template) -> int:
+    from toolrl_jax.eval.math import (evaluate_math, make_math_generate_fn, math_eval_tasks,
+                                      print_math_report)
+
+    tasks = math_eval_tasks(args.data[0] if args.data else None, args.limit)
+    generate = make_math_generate_fn(model, tokenizer, template, max_new_tokens=args.max_new_tokens,
+                                     batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                                     temperature=0.0 if args.samples == 1 else 1.0)
+    results = evaluate_math(generate, tasks, samples=args.samples)
+    print_math_report(results, str(args.model), output=args.output)
     return 0
 
 
