@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from toolrl_jax.data.cold_start import (
@@ -24,8 +26,8 @@ def smol():
 
 def test_traces_carry_the_real_sandbox_output_and_the_answer():
     tasks = generate_math_tasks(6, seed=11)
-    broken = tasks[0].__class__(**{**tasks[0].__dict__, "id": "broken",
-                                   "meta": {**tasks[0].meta, "reference_code": "print(1/0)"}})
+    broken = dataclasses.replace(tasks[0], id="broken",
+                                 meta={**tasks[0].meta, "reference_code": "print(1/0)"})
     traces = cold_start_traces(tasks + [broken], timeout_s=10)
     assert len(traces) == 6 and traces.skipped == ("broken",)
     for task, (messages, text) in zip(tasks, traces):

@@ -122,10 +122,10 @@ def _math_engine(model, tokenizer, template, executor: ToolExecutor, *, batch_si
         tool_stop_strings=("</code>",), sampling=SamplingConfig(temperature=temperature),
         seed=seed)
     return RolloutEngine(model, config, tokenizer=tokenizer, template=template, executor=executor,
-                         extract_calls=code_extractor(executor_tool_name(executor)))
+                         extract_calls=code_extractor(_tool_name(executor)))
 
 
-def executor_tool_name(executor: ToolExecutor) -> str:
+def _tool_name(executor: ToolExecutor) -> str:
     names = list(executor.tools)
     return names[0] if len(names) == 1 else "python"
 

@@ -50,6 +50,7 @@ import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from toolrl_jax.errors import ConfigError
 from toolrl_jax.tools import python_sandbox
 
 __all__ = [
@@ -92,8 +93,6 @@ class InterpreterLimits:
     max_output_bytes: int = 65536
 
     def __post_init__(self):
-        from toolrl_jax.errors import ConfigError
-
         for name in ("timeout_s", "memory_mb", "max_output_chars", "max_output_bytes"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"env.{name} must be > 0, got {getattr(self, name)}")
