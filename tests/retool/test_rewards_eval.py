@@ -14,7 +14,7 @@ from toolrl_jax.rewards.code_use import (
     code_use_reward,
     interpreter_blocks,
 )
-from toolrl_jax.rewards.math import retool_reward
+from toolrl_jax.rewards.math import MathVerifier, retool_reward
 
 FAIL = "Traceback (most recent call last):\nNameError: x\nError: the cell failed (exit code 1)"
 
@@ -27,7 +27,10 @@ def test_correct_boxed_answer_scores_plus_one():
     """Fails (no skip) when math-verify is not installed: then every answer would score -1."""
     completions = ["so \\boxed{43}.", "\\boxed{-\\frac{14}{3}}", "\\boxed{0.5}", "\\boxed{44}", "no box"]
     golds = ["43", "-14/3", "\\frac{1}{2}", "43", "43"]
-    assert retool_reward(completions, golds).tolist() == [1.0, 1.0, 1.0, -1.0, -1.0]
+    # generous timeout: the first check imports math-verify (sympy) inside the verifier's thread
+    with MathVerifier(backend="thread", timeout_s=120) as verifier:
+        rewards = retool_reward(completions, golds, verifier=verifier)
+    assert rewards.tolist() == [1.0, 1.0, 1.0, -1.0, -1.0]
 
 
 def test_code_use_shaping_formula():

@@ -30,6 +30,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
+try:  # imported here, in the main thread: a first import inside a verifier thread can take
+    import math_verify  # noqa: F401  longer than the per-answer timeout and score -1
+except ImportError:  # retool_reward reports the missing dependency
+    math_verify = None
+
 from toolrl_jax.data.math import generate_math_tasks, load_math_tasks
 from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import DataError
@@ -43,6 +48,7 @@ from toolrl_jax.tools.executor import ToolExecutor
 
 __all__ = [
     "MathCompletion",
+    "code_use_metrics",
     "evaluate_math",
     "format_math_table",
     "make_math_generate_fn",
@@ -90,14 +96,8 @@ def evaluate_math(generate_fn: GenerateFn, tasks: Sequence[ToolTask], samples: i
     counts = cell_counts(texts)
     cells, failed = counts.cells, counts.failed
     lengths = [c.response_tokens for run in runs for c in run]
-    summary = {
-        "pass@1": _mean(correct.mean(axis=0)),
-        "code_use": _mean(cells >= 1),
-        "code_calls": _mean(cells),
-        "code_pass_rate": float(1.0 - failed.sum() / cells.sum()) if cells.sum() else None,
-        "response_tokens": _mean(lengths) if all(n is not None for n in lengths) else None,
-        "response_chars": _mean(len(t) for t in texts),
-    }
+    summary = {"pass@1": _mean(correct.mean(axis=0)),
+               **code_use_metrics(texts, lengths if all(n is not None for n in lengths) else None)}
     entries = []
     for i, task in enumerate(tasks):
         entries.append({"id": task.id, "answer": golds[i], "pass@1": float(correct[:, i].mean()),
@@ -108,6 +108,22 @@ def evaluate_math(generate_fn: GenerateFn, tasks: Sequence[ToolTask], samples: i
                                     for k in range(samples)]})
     return {"benchmark": "math", "tasks": len(tasks), "samples": samples, **summary,
             "entries": entries}
+
+
+def code_use_metrics(texts: Sequence[str], response_tokens: Sequence[int] | None = None
+                     ) -> dict[str, float | None]:
+    """ReTool's behaviour metrics of a batch of responses (also for per-step training logs):
+    ``code_use``, ``code_calls``, ``code_pass_rate`` (None without cells), ``response_tokens``
+    (None when not given), ``response_chars``."""
+    counts = cell_counts(texts)
+    cells, failed = counts.cells, counts.failed
+    return {
+        "code_use": _mean(cells >= 1),
+        "code_calls": _mean(cells),
+        "code_pass_rate": float(1.0 - failed.sum() / cells.sum()) if cells.sum() else None,
+        "response_tokens": _mean(response_tokens) if response_tokens is not None else None,
+        "response_chars": _mean(len(t) for t in texts),
+    }
 
 
 # --------------------------------------------------------------------------- model -> generate_fn
@@ -136,10 +152,11 @@ def make_math_generate_fn(model, tokenizer, template, *,
                           temperature: float = 0.0, seed: int = 0,
                           max_prompt_tokens: int = 4096) -> GenerateFn:
     """``generate_fn(tasks, sample)`` answering with the code interpreter (stateless, 5 s,
-    512 MB, 1024 characters unless ``environment`` is given); sample k uses seed ``seed + k``.
-    Prompts over ``max_prompt_tokens`` get an empty answer."""
+    512 MB, 512 characters unless ``environment`` is given); sample k uses seed ``seed + k``.
+    A trajectory holds the prompt, ``max_turns`` turns and ``max_turns - 1`` interpreter blocks
+    (the KV cache is sized for that). Prompts over ``max_prompt_tokens`` get an empty answer."""
     env = environment or code_interpreter_environment(stateful=False, timeout_s=5.0, memory_mb=512,
-                                                      max_output_chars=1024)
+                                                      max_output_chars=512)
     obs_tokens = env.limits.max_output_chars + 64  # ASCII: tokens <= characters
     executor = ToolExecutor(environment=env, timeout_s=env.executor_timeout_s(max_turns),
                             max_observation_chars=env.limits.max_output_chars + 256,
@@ -156,7 +173,8 @@ def make_math_generate_fn(model, tokenizer, template, *,
                   f"{max_prompt_tokens} answered with an empty string", file=sys.stderr)
         if not ok:
             return out
-        total = max(len(prompts[i]) for i in ok) + max_turns * (max_new_tokens + obs_tokens + 16)
+        total = (max(len(prompts[i]) for i in ok) + max_turns * max_new_tokens
+                 + (max_turns - 1) * (obs_tokens + 16))
         size = max(256, 1 << (total - 1).bit_length())
         if size not in engines:
             engines[size] = _math_engine(model, tokenizer, template, executor,
