@@ -211,7 +211,9 @@ def interpreter_text(result: python_sandbox.SandboxResult, limits: InterpreterLi
 
 def interpreter_status(text: str) -> str:
     """'ok' or 'error': whether an interpreter text from this module reports a failed cell
-    (its last line is one of the status lines). Never raises; linear time."""
+    (its last line is one of the status lines). A clean cell whose own last printed line imitates
+    a status line reads as 'error' (text is all the model and the metrics see). Never raises;
+    linear time."""
     if not isinstance(text, str):
         return "error"
     last = text.rstrip("\n").rsplit("\n", 1)[-1]
