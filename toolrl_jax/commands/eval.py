@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="alias, local dir, .gguf or hub id (default smollm2-135m); "
                         "with --endpoint, the served model's name")
     parser.add_argument("--benchmark", required=True,
-                        help="bfcl | apibank | toolrl | generated | envs")
+                        help="bfcl | apibank | toolrl | generated | envs | math")
     parser.add_argument("--categories", default=None,
                         help="BFCL categories or groups, comma separated (default: non-live + live AST, relevance)")
     parser.add_argument("--data", nargs="*", default=None, help="data file(s) for apibank / toolrl")
@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-prompt-tokens", type=int, default=4096)
     parser.add_argument("--max-turns", type=int, default=4, help="assistant turns per episode (envs)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="math: answers per problem (pass@1 = their mean; > 1 samples at temperature 1)")
     served = parser.add_argument_group("served model (OpenAI-compatible chat-completions endpoint)")
     served.add_argument("--endpoint", default=None,
                         help="score a model served at this API root, e.g. http://HOST:PORT/v1 (vLLM, SGLang)")
@@ -131,12 +133,24 @@ def envs_eval(args) -> int:
     return run_envs_eval(args, loaded.model, tokenizer, detect_template(tokenizer))
 
 
+def math_eval(args) -> int:
+    """ReTool math evaluation with the code interpreter in the loop (``--benchmark math``)."""
+    from toolrl_jax.chat import detect_template, load_tokenizer
+    from toolrl_jax.models.registry import DEFAULT_MODEL, load_model
+
+    loaded = load_model(args.model or DEFAULT_MODEL, dtype=args.dtype)
+    tokenizer = load_tokenizer(loaded.source.tokenizer_source)
+    return _run_math(args, loaded.model, tokenizer, detect_template(tokenizer))
+
+
 def run(args) -> int:
     from toolrl_jax.eval.run import report_and_save, run_benchmark
     from toolrl_jax.models.registry import DEFAULT_MODEL
 
     if args.benchmark == "envs":
         return envs_eval(args)
+    if args.benchmark == "math":  # ReTool: multi-turn with the code interpreter
+        return math_eval(args)
     predict = endpoint_predict(args) if args.endpoint else local_predict(args)
     data = args.data[0] if args.data and len(args.data) == 1 else args.data
     bar = _ProgressBar()
@@ -147,6 +161,19 @@ def run(args) -> int:
     finally:
         bar.close()
     report_and_save(results, str(args.model or DEFAULT_MODEL), args.output)
+    return 0
+
+
+def _run_math(args, model, tokenizer, template) -> int:
+    from toolrl_jax.eval.math import (evaluate_math, make_math_generate_fn, math_eval_tasks,
+                                      print_math_report)
+
+    tasks = math_eval_tasks(args.data[0] if args.data else None, args.limit)
+    generate = make_math_generate_fn(model, tokenizer, template, max_new_tokens=args.max_new_tokens,
+                                     batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                                     temperature=0.0 if args.samples == 1 else 1.0)
+    results = evaluate_math(generate, tasks, samples=args.samples)
+    print_math_report(results, str(args.model or "smollm2-135m"), output=args.output)
     return 0
 
 

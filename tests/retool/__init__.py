@@ -1,0 +1,1 @@
+"""ReTool: code interpreter, math data, cold start, rewards, evaluation."""

