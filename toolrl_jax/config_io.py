@@ -145,11 +145,6 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             raise ConfigError(f"unknown config key '{full}': {_suggest(key, fields)}")
         _check_finite(value, full)
         kwargs[key] = _convert(value, hints[key], full)
-        default = fields[key].default_factory
-        if isinstance(kwargs[key], dict) and default is not dataclasses.MISSING:
-            base = default()
-            if isinstance(base, dict):  # mappings merge onto the default (reward.components)
-                kwargs[key] = {**base, **kwargs[key]}
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field missing
@@ -205,8 +200,33 @@ def load_config(cls: type[T], path: str | pathlib.Path | None, overrides: Sequen
             raise ConfigError(f"config file {p} must contain a mapping at the top level")
         data = loaded
     for key, value in parse_overrides(overrides):
+        _seed_mapping_default(cls, data, key)
         _set_dotted(data, key, value)
     return _build(cls, data)
+
+
+def _seed_mapping_default(cls: type, data: dict, dotted: str) -> None:
+    """An override inside a mapping field the YAML did not give (``reward.components.otc=0.5``)
+    adds to the field's default mapping instead of replacing it; a mapping written in YAML
+    replaces the default, and overrides then add to it."""
+    parts = dotted.split(".")
+    node, typ = data, cls
+    for i, part in enumerate(parts[:-1]):
+        if not (dataclasses.is_dataclass(typ) and isinstance(node, dict)):
+            return
+        fields = {f.name: f for f in dataclasses.fields(typ)}
+        if part not in fields:
+            return
+        hint = typing.get_type_hints(typ)[part]
+        if dataclasses.is_dataclass(hint):
+            node, typ = node.setdefault(part, {}), hint
+            continue
+        origin = typing.get_origin(hint)
+        factory = fields[part].default_factory
+        if (origin in (dict, Mapping) or hint is dict) and i == len(parts) - 2 \
+                and part not in node and factory is not dataclasses.MISSING:
+            node[part] = dict(factory())
+        return
 
 
 def config_to_dict(config: Any) -> Any:

@@ -88,8 +88,9 @@ def test_registries_list_the_builtins():
     assert {"grpo", "dr_grpo", "rloo", "batch_norm", "group_mean_batch_std"} <= set(ESTIMATORS)
     assert {"toolrl", "otc", "overlong", "tool_star", "retool"} <= set(REWARD_COMPONENTS)
     assert {"generated", "toolrl", "apibank", "bfcl", "bfcl_multi_turn", "envgen"} <= set(DATA_SOURCES)
-    assert {"none", "generated_tools", "bfcl_multi_turn", "envgen"} <= set(ENVIRONMENTS)
-    assert "ftrl" in REWARD_COMPONENTS
+    assert {"math", "math_generated"} <= set(DATA_SOURCES)
+    assert {"none", "generated_tools", "bfcl_multi_turn", "envgen", "code_interpreter"} <= set(ENVIRONMENTS)
+    assert {"ftrl", "code_use"} <= set(REWARD_COMPONENTS)
     assert "groups" in ROLLOUT_STRATEGIES
 
 
@@ -140,6 +141,11 @@ SOURCES = [  # (data source, environment, extra overrides); together they cover 
     ("bfcl_multi_turn", "bfcl_multi_turn", ["data.path=multi_turn_base", "rollout.max_turns=2",
                                             "rollout.max_obs_tokens=16",
                                             "data.max_prompt_tokens=100000"]),
+    ("math", "none", ["data.path=aime24", "data.max_prompt_tokens=1024",
+                      "reward.components={{toolrl: 0.0, retool: 1.0}}"]),
+    ("math_generated", "code_interpreter", ["rollout.max_turns=2", "rollout.max_obs_tokens=64",
+                                            "data.max_prompt_tokens=1024",
+                                            "reward.components={{toolrl: 0.0, retool: 1.0, code_use: 1.0}}"]),
     ("envgen", "envgen", ["data.path={envs}", "rollout.max_turns=2", "rollout.max_obs_tokens=16",
                           "data.max_prompt_tokens=4096", "reward.components={{toolrl: 1.0, ftrl: 1.0}}"]),
 ]

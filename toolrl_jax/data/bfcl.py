@@ -27,6 +27,7 @@ evaluator scores 100%.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -506,3 +507,46 @@ def load_bfcl(
         str(path),
         limit,
     )
+
+
+def bfcl_training_tasks(
+    category: str = "multi_turn_base",
+    *,
+    limit: int | None = None,
+    prompt_style: str = "toolrl",
+    max_calls: int | None = 8,
+    data_dir: str | os.PathLike | None = None,
+) -> list[ToolTask]:
+    """Turn 0 of each BFCL multi-turn entry as a training prompt for ``BFCLEnvironment``.
+
+    ``messages``: ToolRL system prompt listing the entry's functions (BFCL's Python-hinted docs)
+    + the user's first message (``prompt_style="json_schema"``: the raw first-turn messages and
+    ``tools``). ``ground_truth``: ``<think> .. </think>\\n<tool_call>\\n{json lines}\\n</tool_call>``
+    of turn 0's ground-truth calls (BFCL's call strings parsed with ``parse_call_string``). BFCL
+    gives one flat call list per turn, not per assistant step; the calls run in order, so all of
+    them may be emitted in the first assistant step and that is the target the ToolRL reward
+    scores. ``meta`` keeps ``load_bfcl``'s (``initial_config``, ``involved_classes``,
+    ``functions``, ``category``, ``bfcl_id``, ``turns``, ``turn_ground_truth``) plus
+    ``turn_index=0`` and ``ground_truth_call_strings`` (turn 0's BFCL call strings).
+
+    Entries whose turn 0 has no ground-truth call (the model must ask or answer in prose, e.g. in
+    miss_param / miss_func) are skipped, and so are entries with more than ``max_calls`` calls
+    (the reward's static ``max_calls``; None keeps all). ``limit`` counts loaded entries before
+    skipping.
+    """
+    if category not in MULTI_TURN:
+        raise DataError(f"bfcl_training_tasks: category '{category}' is not multi-turn (use one of {', '.join(MULTI_TURN)})")
+    loaded = load_bfcl(category, limit=limit, prompt_style=prompt_style, data_dir=data_dir)
+    out: list[ToolTask] = []
+    for task in loaded:
+        turn_gt = task.meta.get("turn_ground_truth") or []
+        strings = list(turn_gt[0]) if turn_gt else []
+        if not strings or (max_calls is not None and len(strings) > max_calls):
+            continue
+        functions = task.meta["functions"]
+        calls = [parse_call_string(s, functions) for s in strings]
+        meta = dict(task.meta)
+        meta.update(turn_index=0, ground_truth_call_strings=strings, ground_truth_known=True)
+        out.append(dataclasses.replace(
+            task, ground_truth=render_toolrl_output(calls), ground_truth_calls=calls, meta=meta))
+    return out

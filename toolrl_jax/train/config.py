@@ -24,6 +24,7 @@ from toolrl_jax.train.environments import EnvironmentConfig
 from toolrl_jax.train.metrics import MetricsConfig
 from toolrl_jax.train.rewards import RewardConfig
 from toolrl_jax.train.sft import SFTConfig
+from toolrl_jax.train.sft_sources import SFT_SOURCES
 from toolrl_jax.train.sources import DataConfig
 from toolrl_jax.train.strategies import ROLLOUT_STRATEGIES
 
@@ -99,6 +100,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         ROLLOUT_STRATEGIES.get(self.rollout.strategy)
+        SFT_SOURCES.get(self.sft.source)
         check_batch_geometry(self)
         if self.rollout.max_turns > 1 and not self.env.multi_turn:
             raise ConfigError(f"rollout.max_turns={self.rollout.max_turns} needs tools: set env.name "

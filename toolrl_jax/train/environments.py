@@ -21,8 +21,9 @@ from toolrl_jax.data.task import ToolTask
 from toolrl_jax.envgen import env_for_tasks
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.registry import Registry
-from toolrl_jax.rollout.turns import Environment, tool_call_extractor
-from toolrl_jax.tools.bfcl_env import BFCLEnvironment
+from toolrl_jax.rollout.turns import Environment, code_extractor, tool_call_extractor
+from toolrl_jax.eval.bfcl_env import BFCLEnvironment
+from toolrl_jax.tools.code_interpreter import code_interpreter_environment
 from toolrl_jax.tools.executor import ToolExecutor
 
 
@@ -41,6 +42,10 @@ class EnvironmentConfig:
       timeout_s: per-call deadline of the executor.
       max_workers: calls running at once.
       max_observation_chars: a tool's text is cut to this many characters.
+      stateful: ``code_interpreter``: each cell sees the earlier cells' variables (replayed).
+      memory_mb: ``code_interpreter``: the sandbox's memory limit per cell.
+      max_output_chars: ``code_interpreter``: interpreter text kept per cell (head and tail; the
+        status line is always kept).
     """
 
     name: str = "none"
@@ -51,6 +56,9 @@ class EnvironmentConfig:
     timeout_s: float = 10.0
     max_workers: int = 8
     max_observation_chars: int = 8192
+    stateful: bool = False
+    memory_mb: int = 512
+    max_output_chars: int = 512
 
     def __post_init__(self) -> None:
         ENVIRONMENTS.get(self.name)
@@ -111,3 +119,20 @@ def bfcl_multi_turn(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Enviro
 def envgen(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Environment:
     """Built FTRL environments (``data.source=envgen``): one seeded world per trajectory."""
     return environment_from_config(cfg, executor_from_config(cfg, environment=env_for_tasks(tasks)))
+
+
+@ENVIRONMENTS.register("code_interpreter")
+def code_interpreter(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Environment:
+    """ReTool's code interpreter: ``<code>```python ...```</code>`` runs in the sandbox and its
+    output is appended inline as ``<interpreter>...</interpreter>`` (loss mask 0). The formats
+    are fixed by the method: observation ``interpreter``, stop at ``</code>``."""
+    env = code_interpreter_environment(stateful=cfg.stateful, timeout_s=cfg.timeout_s,
+                                       memory_mb=cfg.memory_mb,
+                                       max_output_chars=cfg.max_output_chars)
+    executor = ToolExecutor(environment=env, timeout_s=env.executor_timeout_s(8),
+                            max_workers=cfg.max_workers,
+                            max_observation_chars=max(cfg.max_observation_chars,
+                                                      cfg.max_output_chars + 256))
+    return Environment(executor=executor, extract_calls=code_extractor(env.tools[0].name),
+                       observation_format="interpreter", tool_stop_strings=("</code>",),
+                       stop_strings=tuple(cfg.stop_strings))

@@ -29,7 +29,8 @@ from toolrl_jax.envgen import score_task, trajectory_turns
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.registry import Registry
 from toolrl_jax.rewards.config import ToolRLRewardConfig
-from toolrl_jax.rewards.math import OutcomeRewardConfig, retool_reward
+from toolrl_jax.rewards.code_use import CodeUseConfig, cell_counts, code_use_reward
+from toolrl_jax.rewards.math import MathVerifier, OutcomeRewardConfig, extract_boxed
 from toolrl_jax.rewards.otc import OTCConfig, otc_reward
 from toolrl_jax.rewards.shaping import (
     OverlongConfig,
@@ -47,14 +48,16 @@ class RewardConfig:
     """The YAML ``reward:`` section: weights, and each component's own config.
 
     Attributes:
-      components: component name -> weight (a weight of 0 disables one). Entries given in YAML
-        are merged onto the default ``{toolrl: 1.0}``.
+      components: component name -> weight (a weight of 0 disables one). A mapping written in
+        YAML replaces the default ``{toolrl: 1.0}``; a dotted override such as
+        ``reward.components.otc=0.5`` adds to it.
       toolrl: :class:`~toolrl_jax.rewards.config.ToolRLRewardConfig` (ToolRL, arXiv 2504.13958).
       otc: :class:`~toolrl_jax.rewards.otc.OTCConfig` (OTC, arXiv 2504.14870).
       overlong: :class:`~toolrl_jax.rewards.shaping.OverlongConfig` (DAPO, arXiv 2503.14476);
         0 lengths = derived from ``rollout.max_new_tokens``.
       tool_star: :class:`~toolrl_jax.rewards.shaping.ToolStarConfig` (Tool-Star, arXiv 2505.16410).
       retool: :class:`~toolrl_jax.rewards.math.OutcomeRewardConfig` (ReTool, arXiv 2504.11536).
+      code_use: :class:`~toolrl_jax.rewards.code_use.CodeUseConfig` (our shaping of code use).
     """
 
     components: dict[str, float] = dataclasses.field(default_factory=lambda: {"toolrl": 1.0})
@@ -63,6 +66,7 @@ class RewardConfig:
     overlong: OverlongConfig = dataclasses.field(default_factory=OverlongConfig)
     tool_star: ToolStarConfig = dataclasses.field(default_factory=ToolStarConfig)
     retool: OutcomeRewardConfig = dataclasses.field(default_factory=OutcomeRewardConfig)
+    code_use: CodeUseConfig = dataclasses.field(default_factory=CodeUseConfig)
 
     def __post_init__(self) -> None:
         weights = {}
@@ -138,8 +142,19 @@ class RewardContext:
                            self.step, self.config.toolrl)
 
     @functools.cached_property
+    def math_correct(self) -> np.ndarray:
+        """[B] bool: the last ``\\boxed{}`` answer equals the task's answer (math-verify)."""
+        golds = [str(t.meta.get("answer", t.ground_truth)) for t in self.tasks]
+        answers = [extract_boxed(c) for c in self.completion_texts]
+        with MathVerifier(backend="thread") as verifier:
+            return np.asarray(verifier.verify_many(answers, golds), bool)
+
+    @functools.cached_property
     def correct(self) -> np.ndarray:
-        """[B] bool: the answer is right (ToolRL correctness at its maximum: the calls match)."""
+        """[B] bool: the answer is right: for math tasks (``meta['answer']``) the boxed answer is
+        equivalent, else the ToolRL correctness is at its maximum (the calls match)."""
+        if self.tasks and all("answer" in t.meta for t in self.tasks):
+            return self.math_correct
         hi = self.config.toolrl.correctness_range[1]
         return self.toolrl_scores["correctness"] >= hi - 1e-6
 
@@ -224,9 +239,18 @@ def tool_star(ctx: RewardContext, cfg: ToolStarConfig) -> ComponentScore:
 @REWARD_COMPONENTS.register("retool")
 def retool(ctx: RewardContext, cfg: OutcomeRewardConfig) -> ComponentScore:
     """ReTool's outcome reward: ``correct`` if the last ``\\boxed{}`` equals the task's answer."""
-    golds = [str(t.meta.get("answer", t.ground_truth)) for t in ctx.tasks]
-    return ComponentScore(retool_reward(ctx.completion_texts, golds, correct=cfg.correct,
-                                        wrong=cfg.wrong))
+    return ComponentScore(np.where(ctx.math_correct, np.float32(cfg.correct),
+                                   np.float32(cfg.wrong)).astype(np.float32))
+
+
+@REWARD_COMPONENTS.register("code_use")
+def code_use(ctx: RewardContext, cfg: CodeUseConfig) -> ComponentScore:
+    """Code-use shaping (ours, not the paper's): a bonus when a correct answer ran code, a
+    penalty for the share of cells that failed."""
+    counts = cell_counts(ctx.completion_texts)
+    values = code_use_reward(ctx.math_correct, counts.cells, counts.failed, cfg)
+    return ComponentScore(np.asarray(values), {"cells": counts.cells.astype(np.float32),
+                                               "failed_cells": counts.failed.astype(np.float32)})
 
 
 @REWARD_COMPONENTS.register("ftrl")

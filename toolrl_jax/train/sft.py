@@ -11,7 +11,7 @@ SFT checkpoint feeds ``train`` directly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +32,9 @@ class SFTConfig:
       steps: optimizer steps (0 = no warm start).
       batch_size: examples per step.
       learning_rate: peak learning rate (the rest of the optimizer is ``optim:``).
-      source: ``generated`` (the run's training tasks with their ground truths) or
-        ``toolrl_json`` (ToolRL's SFT file at ``path``).
+      source: a registered SFT source (``train.sft_sources``): ``generated`` (the run's training
+        tasks with their ground truths), ``toolrl_json`` (ToolRL's SFT file at ``path``) or
+        ``math_cold_start`` (ReTool's executed code traces).
       path: the SFT file for ``toolrl_json``.
       max_tokens: longer examples are skipped.
     """
@@ -41,7 +42,7 @@ class SFTConfig:
     steps: int = 0
     batch_size: int = 8
     learning_rate: float = 1e-5
-    source: Literal["generated", "toolrl_json"] = "generated"
+    source: str = "generated"
     path: str | None = None
     max_tokens: int = 2048
 

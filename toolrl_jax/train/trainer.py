@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 from toolrl_jax.chat import detect_template, load_tokenizer
 from toolrl_jax.config_io import save_config
-from toolrl_jax.data import load_toolrl
 from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.eval.toolrl import exact_match
@@ -55,7 +54,8 @@ from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
 from toolrl_jax.train.environments import ENVIRONMENTS
 from toolrl_jax.train.metrics import MetricsLogger
 from toolrl_jax.train.rewards import RewardContext, Scores, score
-from toolrl_jax.train.sft import SFTLearner, pad_examples, sft_example
+from toolrl_jax.train.sft import SFTLearner, pad_examples
+from toolrl_jax.train.sft_sources import SFT_SOURCES
 from toolrl_jax.train.sources import DATA_SOURCES
 from toolrl_jax.train.strategies import ROLLOUT_STRATEGIES, PromptDraw, RolloutBatch, draw_prompts
 
@@ -254,9 +254,8 @@ class Trainer:
     # ------------------------------------------------------------------ SFT
     def _sft_examples(self) -> list[tuple[list[int], list[int]]]:
         s = self.cfg.sft
-        tasks = list(load_toolrl(s.path)) if s.source == "toolrl_json" else self.train_set.tasks
-        examples = [sft_example(self.tokenizer, self.template, t.messages, t.ground_truth)
-                    for t in tasks]
+        examples = SFT_SOURCES.get(s.source)(self.cfg, self.train_set.tasks, self.tokenizer,
+                                             self.template)
         examples = [e for e in examples if len(e[0]) <= s.max_tokens]
         if not examples:
             raise DataError(f"no SFT example fits sft.max_tokens={s.max_tokens}")

@@ -32,8 +32,8 @@ One :class:`BFCLEnvironment` serves a batch of *different* entries through one
 Instances live in the state object only (no module globals, unlike bfcl-eval's executor), so
 trajectories never share state and nothing needs cleaning up.
 
-``bfcl_training_tasks`` turns a multi-turn category into training prompts: turn 0 of each
-entry with the ToolRL-format ground truth of turn 0's calls.
+The training prompts of a multi-turn category (turn 0 of each entry) come from
+``toolrl_jax.data.bfcl.bfcl_training_tasks``.
 """
 
 from __future__ import annotations
@@ -50,15 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from toolrl_jax.data.bfcl import (
-    MULTI_TURN,
     MULTI_TURN_FUNC_DOC_FILES,
     bfcl_data_dir,
-    load_bfcl,
-    parse_call_string,
     read_jsonl,
     to_json_schema,
 )
-from toolrl_jax.data.task import ToolTask, render_toolrl_output
+from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import DataError
 from toolrl_jax.eval.bfcl import bfcl_multi_turn
 
@@ -67,7 +64,6 @@ __all__ = [
     "BFCLFunctionTool",
     "BFCLTrajectoryState",
     "STATE_PARAM",
-    "bfcl_training_tasks",
     "execute_bfcl_call",
 ]
 
@@ -266,46 +262,3 @@ class BFCLEnvironment:
             instances=instances,
             owner={n: self._owner[n] for n in allowed},
         )
-
-
-def bfcl_training_tasks(
-    category: str = "multi_turn_base",
-    *,
-    limit: int | None = None,
-    prompt_style: str = "toolrl",
-    max_calls: int | None = 8,
-    data_dir: str | os.PathLike | None = None,
-) -> list[ToolTask]:
-    """Turn 0 of each BFCL multi-turn entry as a training prompt for ``BFCLEnvironment``.
-
-    ``messages``: ToolRL system prompt listing the entry's functions (BFCL's Python-hinted docs)
-    + the user's first message (``prompt_style="json_schema"``: the raw first-turn messages and
-    ``tools``). ``ground_truth``: ``<think> .. </think>\\n<tool_call>\\n{json lines}\\n</tool_call>``
-    of turn 0's ground-truth calls (BFCL's call strings parsed with ``parse_call_string``). BFCL
-    gives one flat call list per turn, not per assistant step; the calls run in order, so all of
-    them may be emitted in the first assistant step and that is the target the ToolRL reward
-    scores. ``meta`` keeps ``load_bfcl``'s (``initial_config``, ``involved_classes``,
-    ``functions``, ``category``, ``bfcl_id``, ``turns``, ``turn_ground_truth``) plus
-    ``turn_index=0`` and ``ground_truth_call_strings`` (turn 0's BFCL call strings).
-
-    Entries whose turn 0 has no ground-truth call (the model must ask or answer in prose, e.g. in
-    miss_param / miss_func) are skipped, and so are entries with more than ``max_calls`` calls
-    (the reward's static ``max_calls``; None keeps all). ``limit`` counts loaded entries before
-    skipping.
-    """
-    if category not in MULTI_TURN:
-        raise DataError(f"bfcl_training_tasks: category '{category}' is not multi-turn (use one of {', '.join(MULTI_TURN)})")
-    loaded = load_bfcl(category, limit=limit, prompt_style=prompt_style, data_dir=data_dir)
-    out: list[ToolTask] = []
-    for task in loaded:
-        turn_gt = task.meta.get("turn_ground_truth") or []
-        strings = list(turn_gt[0]) if turn_gt else []
-        if not strings or (max_calls is not None and len(strings) > max_calls):
-            continue
-        functions = task.meta["functions"]
-        calls = [parse_call_string(s, functions) for s in strings]
-        meta = dict(task.meta)
-        meta.update(turn_index=0, ground_truth_call_strings=strings, ground_truth_known=True)
-        out.append(dataclasses.replace(
-            task, ground_truth=render_toolrl_output(calls), ground_truth_calls=calls, meta=meta))
-    return out

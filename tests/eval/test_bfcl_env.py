@@ -15,12 +15,8 @@ import pytest
 pytest.importorskip("bfcl_eval")
 pytest.importorskip("mpmath")
 
-from toolrl_jax.data.bfcl import load_bfcl, parse_call_string  # noqa: E402
-from toolrl_jax.tools.bfcl_env import (  # noqa: E402
-    BFCLEnvironment,
-    bfcl_training_tasks,
-    execute_bfcl_call,
-)
+from toolrl_jax.data.bfcl import bfcl_training_tasks, load_bfcl, parse_call_string  # noqa: E402
+from toolrl_jax.eval.bfcl_env import BFCLEnvironment, execute_bfcl_call  # noqa: E402
 from toolrl_jax.tools.executor import ToolExecutor  # noqa: E402
 
 # entries of multi_turn_base that together involve all eight backend classes
