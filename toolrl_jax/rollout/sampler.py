@@ -81,6 +81,11 @@ def _hidden_kwargs(kv_len: int | None) -> dict:
     return {} if kv_len is None else {"kv_len": kv_len}
 
 
+@jax.jit
+def _longest_active(cache_index: jax.Array, active: jax.Array) -> jax.Array:
+    return jnp.max(jnp.where(active, cache_index, -1))
+
+
 def _accepts_kv_len(model: Any) -> bool:
     try:
         return "kv_len" in inspect.signature(model.hidden).parameters
@@ -721,7 +726,7 @@ class Sampler:
 
         With KV buckets the steps run in sub-chunks, each a device-side ``while_loop`` whose
         attention reads the :func:`bucket_kv_len` slots that hold the longest active row until
-        the chunk's end; the host only reads ``cache_index`` / ``active`` once and the step
+        the chunk's end; the host reads the longest active row's length once and the step
         count at each bucket boundary (a handful per call, not one per token).
         """
         if self.kv_min_bucket is None:
@@ -729,10 +734,11 @@ class Sampler:
                 self.params, state, np.int32(num_steps), *self._stop_arrays, None
             )
             return state, int(steps), int(busy)
-        index, active = jax.device_get((state.cache_index, state.active))
-        if num_steps < 1 or not active.any():
+        # slot the next token of the longest active row goes to (-1: none); a replicated
+        # scalar, so this also works when the slots are sharded over several hosts
+        longest = int(_longest_active(state.cache_index, state.active))
+        if num_steps < 1 or longest < 0:
             return state, 0, 0
-        longest = int(index[active].max())  # slot the next token of the longest row goes to
         total_steps = total_busy = 0
         remaining = int(num_steps)
         while remaining > 0:
