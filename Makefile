@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # On a machine with an NVIDIA driver, also install JAX's CUDA plugin (the [cuda] extra).
 EXTRAS ?= test$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Peers (transformers/PyTorch, Tunix, TRL) in their own venv, so their pins never touch .venv;
+# then the side-by-side benchmark (scripts/bench_vs_peers.py; a missing peer prints a skipped line).
+PEERS_VENV ?= .venv-peers
+PEERS      ?= torch transformers trl google-tunix
+BENCH_PEERS_ARGS ?=
+bench-peers:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q -e '.[test]'
+	$(PEERS_VENV)/bin/python -m pip install -q --no-deps $(NODEPS)
+	-$(PEERS_VENV)/bin/python -m pip install -q $(PEERS)
+	$(PEERS_VENV)/bin/python scripts/bench_vs_peers.py $(BENCH_PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

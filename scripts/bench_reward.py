@@ -6,6 +6,14 @@ Completions are the ToolRL SFT outputs and perturbations of them (calls dropped,
 values changed) scored against their ground truths; falls back to synthetic calls without data.
 Reports host encoding throughput and the device scoring throughput (after compilation) for greedy
 and optimal matching (max_calls = max_args = 8).
+
+    python scripts/bench_reward.py --end-to-end [--workers N]
+
+instead times ``toolrl_jax.rewards.toolrl.score_texts`` (parse + encode + jitted score, what
+``toolrl-jax reward`` and the trainer call) against the released pure-Python reward
+(:func:`toolrl_jax.rewards.reference.reference_reward`, the released code's rules) on the same
+samples with the released settings (``ToolRLRewardConfig.compat_toolrl()``), interleaved, best of
+``--repeats``; one JSON line with both rates, the ratio and the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -51,7 +59,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--data", default=str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "toolrl"))
+    ap.add_argument("--end-to-end", action="store_true", help="score_texts vs the released code")
+    ap.add_argument("--workers", type=int, default=None, help="score_texts process pool size")
+    ap.add_argument("--distinct", action="store_true",
+                    help="make every completion text unique (no repeated texts to encode once)")
     args = ap.parse_args()
+    if args.end_to_end:
+        return end_to_end(args)
 
     import jax
     import numpy as np
@@ -83,6 +97,42 @@ def main() -> None:
         result[f"{matching}_samples_per_s"] = round(args.samples / med, 1)
     result["samples_per_s"] = min(result["greedy_samples_per_s"], result["optimal_samples_per_s"])
     print(json.dumps(result))
+
+
+def end_to_end(args) -> None:
+    import numpy as np
+
+    from toolrl_jax.rewards.config import ToolRLRewardConfig
+    from toolrl_jax.rewards.reference import reference_reward
+    from toolrl_jax.rewards.toolrl import score_texts
+
+    pairs = _pairs(args.samples, pathlib.Path(args.data))
+    if args.distinct:  # a unique word in the think text: same calls and format, distinct texts
+        pairs = [(c.replace("<think>", f"<think> {i}", 1), g) for i, (c, g) in enumerate(pairs)]
+    comps, gts = [c for c, _ in pairs], [g for _, g in pairs]
+    cfg = ToolRLRewardConfig.compat_toolrl()
+    kwargs = {} if args.workers is None else {"workers": args.workers}
+
+    def ours():
+        return score_texts(comps, gts, 0, cfg, **kwargs)["total"]
+
+    def released():
+        return np.array([reference_reward(c, g)[0] for c, g in pairs])
+
+    np.testing.assert_allclose(ours(), released(), atol=1e-5)  # also the warm-up (compile)
+    best = {"ours": float("inf"), "released": float("inf")}
+    for _ in range(args.repeats):
+        for name, fn in (("ours", ours), ("released", released)):
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    print(json.dumps({
+        "bench": "toolrl_reward_end_to_end", "samples": args.samples, "workers": args.workers,
+        "distinct_texts": len(set(comps)),
+        "ours_samples_per_s": round(args.samples / best["ours"], 1),
+        "released_samples_per_s": round(args.samples / best["released"], 1),
+        "ratio": round(best["released"] / best["ours"], 3), "load1": round(os.getloadavg()[0], 2),
+    }))
 
 
 if __name__ == "__main__":

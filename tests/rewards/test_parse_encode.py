@@ -229,3 +229,25 @@ def test_score_texts_pads_and_checks_lengths():
     np.testing.assert_allclose(out["correctness"], [3.0, 1.0, -3.0], atol=1e-6)
     with pytest.raises(DataError):
         score_texts(comps, [gt], 0)
+
+
+def test_encode_parallel_and_repeated_texts_give_the_same_arrays():
+    """Repeated completions (encoded once and gathered) and a 2-process split give exactly the
+    arrays of encoding every sample on its own."""
+    from toolrl_jax.rewards.config import ToolRLRewardConfig as _Cfg
+    from toolrl_jax.rewards.encode import encode_batch as _encode
+    from toolrl_jax.rewards.toolrl import encode_parallel
+
+    gt = '<think>x</think>\n<tool_call>\n{"name": "A", "parameters": {"x": "1", "y": [1, 2]}}\n</tool_call>'
+    good = '<think>ok</think>\n<tool_call>\n{"name": "A", "parameters": {"x": "1", "y": [1, 2.0]}}\n</tool_call>'
+    other = '<think>ok</think>\n<tool_call>\n{"name": "B", "parameters": {}}\n{"name": "A", "parameters": {"x": 1}}\n</tool_call>'
+    comps = [good, other, "no call", good, other, good] * 4
+    gts = [gt, gt, gt, "<think>t</think>\n<response>r</response>", gt, gt] * 4
+    for cfg in (_Cfg(), _Cfg.compat_toolrl()):
+        whole = _encode(comps, gts, cfg)
+        singles = [_encode([c], [g], cfg) for c, g in zip(comps, gts)]
+        split = encode_parallel(comps, gts, cfg, workers=2, min_per_worker=8)
+        for field, got in zip(whole._fields, whole):
+            want = np.concatenate([getattr(s, field) for s in singles])
+            np.testing.assert_array_equal(got, want, err_msg=field)
+            np.testing.assert_array_equal(getattr(split, field), want, err_msg=field)

@@ -4,6 +4,8 @@ counts; PRNG streams independent of slot and batch composition."""
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import numpy as np
@@ -197,3 +199,56 @@ def test_sampling_depends_on_seed_and_uid_not_on_slot(llama, sampler_t1):
             - z.max(-1, keepdims=True)
         )
         np.testing.assert_allclose(lps, logq[np.arange(len(toks)), toks], atol=2e-4)
+
+
+def test_kv_length_buckets_match_full_forward_and_compile_once_per_bucket(llama):
+    """Decode chunks whose attention reads only a KV bucket >= the longest live row give the
+    full-forward greedy tokens (and the whole-cache sampler's log-probs); ``_decode`` traces
+    once per bucket visited (16, 32, 64 here), never again for a repeated run."""
+    chex.clear_trace_counter()
+    traces = {"_extend": 0, "_decode": 0}
+
+    def wrapper(fn):
+        name = fn.__name__
+
+        def counting(*args):
+            traces[name] += 1
+            return fn(*args)
+
+        return counting
+
+    bucketed = Sampler(
+        llama, batch_size=4, cache_len=96, turn_len=40, sampling=GREEDY, kv_min_bucket=16,
+        jit_wrapper=wrapper,
+    )
+    whole = Sampler(
+        llama, batch_size=4, cache_len=96, turn_len=40, sampling=GREEDY, kv_min_bucket=None
+    )
+    prompts = PROMPTS[:4]  # longest 21 tokens: 21 + 40 new crosses buckets 32 and 64
+    out = bucketed.generate(prompts, max_new_tokens=40)
+    ref = whole.generate(prompts, max_new_tokens=40)
+    for i, p in enumerate(prompts):
+        want, _ = full_forward_greedy(llama, p, 40)
+        assert out.completion_ids[i].tolist() == want
+        np.testing.assert_allclose(out.sample_logprobs[i], ref.sample_logprobs[i], atol=1e-5)
+    assert traces["_decode"] == 2  # buckets 32 and 64
+    bucketed.generate(prompts, max_new_tokens=40)
+    assert traces["_decode"] == 2
+    short = bucketed.generate([[3], [5, 6]], max_new_tokens=8)  # 2 + 8 slots: bucket 16
+    assert traces["_decode"] == 3
+    for i, p in enumerate([[3], [5, 6]]):
+        assert short.completion_ids[i].tolist() == full_forward_greedy(llama, p, 8)[0]
+
+
+def test_decode_updates_the_donated_cache_in_place(llama):
+    """The compiled decode program aliases the donated cache to its output and copies no
+    cache-sized buffer (no per-step copy of K/V)."""
+    sampler = Sampler(llama, batch_size=4, cache_len=64, turn_len=8, sampling=GREEDY)
+    state = sampler.init_state(0)
+    hlo = sampler._decode.lower(
+        sampler.params, state, np.int32(4), *sampler._stop_arrays, 64
+    ).compile().as_text()
+    dims = ",".join(str(d) for d in state.cache.k.shape)
+    assert "input_output_alias" in hlo
+    whole_cache_copy = re.compile(r"= f32\[" + dims + r"\]\S* copy\(")
+    assert [ln for ln in hlo.splitlines() if whole_cache_copy.search(ln)] == []

@@ -273,11 +273,13 @@ class Attention(nnx.Module):
         sin: jax.Array,
         mask: jax.Array,
         layer_cache: tuple[jax.Array, jax.Array, int, jax.Array] | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x ``[B, T, D]`` -> ``[B, T, D]``.
 
         ``layer_cache = (k_all [L,B,S,KVH,Dh], v_all, layer, cache_index [B])``: new k/v are
-        written into the stacked cache at ``layer`` and attention runs over all S slots.
+        written into the stacked cache at ``layer`` and attention reads slots ``[:kv_len]``
+        (static; all ``S`` slots when None; ``mask`` is then ``[B, T, kv_len]``).
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -292,7 +294,7 @@ class Attention(nnx.Module):
             # Write this layer's new keys into [L, B, S, ...] at (layer, b, cache_index[b]).
             k_all = _write_layer(k_all, k, layer, cache_index)
             v_all = _write_layer(v_all, v, layer, cache_index)
-            k, v = k_all[layer], v_all[layer]
+            k, v = k_all[layer, :, :kv_len], v_all[layer, :, :kv_len]
             new_cache = (k_all, v_all)
         out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=self.impl)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), new_cache
@@ -335,8 +337,8 @@ class Block(nnx.Module):
         self.input_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, config=c)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, config=c)
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None):
-        a, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache)
+    def __call__(self, x, cos, sin, mask, layer_cache=None, kv_len=None):
+        a, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, kv_len)
         h = x + a
         return h + self.mlp(self.post_attention_layernorm(h)), new_cache
 
@@ -375,6 +377,7 @@ class Decoder(nnx.Module):
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
         cache_index: jax.Array | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states ``[B, T, D]`` (compute dtype) and the updated cache.
 
@@ -424,10 +427,15 @@ class Decoder(nnx.Module):
         pos = cache.pos.at[rows, slots].set(
             new_pos, indices_are_sorted=True, unique_indices=True, mode="drop"
         )
-        mask = (pos[:, None, :] >= 0) & (pos[:, None, :] <= positions[:, :, None])
+        if kv_len is not None and not 0 < kv_len <= cache.max_len:
+            raise ValueError(f"Decoder.hidden: kv_len={kv_len} outside 1..{cache.max_len}")
+        seen = pos[:, None, :kv_len]
+        mask = (seen >= 0) & (seen <= positions[:, :, None])
         k_all, v_all = cache.k, cache.v
         for layer, block in enumerate(self.layers):
-            x, (k_all, v_all) = block(x, cos, sin, mask, (k_all, v_all, layer, cache_index))
+            x, (k_all, v_all) = block(
+                x, cos, sin, mask, (k_all, v_all, layer, cache_index), kv_len
+            )
         return self.norm(x), KVCache(k=k_all, v=v_all, pos=pos)
 
     def lm_head_kernel(self) -> jax.Array:

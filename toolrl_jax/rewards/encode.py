@@ -24,6 +24,7 @@ Arrays (B = batch, C = ``config.max_calls``, A = ``config.max_args``), see :clas
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -64,6 +65,7 @@ class ToolCallBatch(NamedTuple):
       format_ok [B] bool: the ToolRL format regex for the ground truth's tag set matched.
       has_think [B] bool: both ``<think>`` and ``</think>`` occur (length reward precondition).
       think_words [B] int32: whitespace words of the last ``<think>`` block (released rule).
+        Both are computed only when ``config.uses_length`` (else False / 0: nothing reads them).
       gt_has_call [B] bool: the ground truth contains ``<tool_call>``.
       pd_has_call_tag [B] bool: the prediction contains ``<tool_call>`` or ``</tool_call>``.
       pd_ok [B] bool: the prediction's calls parsed (False -> min correctness).
@@ -130,6 +132,17 @@ def _num(v: float, lenient: bool, nan_ids, depth: int = 0) -> str:
 def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
     if depth > MAX_DEPTH:
         raise _TooDeep
+    t = type(v)  # exact-type fast paths for what json.loads returns; subclasses take the chain
+    if t is str and not lenient:
+        return "s:" + repr(v)  # repr is injective on str (and much cheaper than json.dumps)
+    if t is int:
+        return f"n:{v}"
+    if t is dict:
+        items = sorted(_canon(k, lenient, nan_ids, depth + 1) + ":" + _canon(x, lenient, nan_ids, depth + 1)
+                       for k, x in v.items())
+        return "{" + ",".join(items) + "}"
+    if t is list:
+        return "[" + ",".join([_canon(x, lenient, nan_ids, depth + 1) for x in v]) + "]"
     if v is None:
         return "N"
     if isinstance(v, bool):
@@ -151,8 +164,8 @@ def _canon(v: Any, lenient: bool, nan_ids, depth: int) -> str:
                     pass
             if t.lower() in ("true", "false"):
                 return f"b:{t.lower()}"
-            return "s:" + json.dumps(t)
-        return "s:" + json.dumps(v)
+            return "s:" + repr(str(t))
+        return "s:" + repr(str(v))
     if isinstance(v, complex):
         if v.imag == 0:
             return _num(v.real, lenient, nan_ids, depth)
@@ -191,7 +204,9 @@ def _random_ids():
         yield secrets.token_hex(8)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _hash32(s: str) -> int:
+    """int32 of the 4-byte BLAKE2b digest of ``s`` (memoised: keys and common values repeat)."""
     digest = hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=4).digest()
     return int.from_bytes(digest, "little", signed=True)
 
@@ -233,7 +248,10 @@ def format_ok(text: str, ground_truth: str) -> bool:
     neither) and each required tag must occur exactly once. The tag counts are checked first;
     with each required tag unique, the lazy DOTALL patterns match in linear time.
     """
-    kind = _gt_kind(ground_truth)
+    return _format_ok_kind(text, _gt_kind(ground_truth))
+
+
+def _format_ok_kind(text: str, kind: str) -> bool:
     if any(text.count(tag) != 1 for tag in _REQUIRED_ONCE[kind]):
         return False
     return _PATTERNS[kind].search(text) is not None
@@ -260,6 +278,10 @@ class _Call(NamedTuple):
     unhashable_name: bool
 
 
+_C_NAME = _canon("name", False, None, 1)
+_C_PARAMETERS = _canon("parameters", False, None, 1)
+
+
 class EncodedGroundTruth(NamedTuple):
     """A parsed ground truth: whether it has calls and the encoded calls."""
 
@@ -267,46 +289,69 @@ class EncodedGroundTruth(NamedTuple):
     calls: tuple[_Call, ...]
 
 
+def _top_id(v: Any, c: str, nan_ids) -> int:
+    """Id of a call's name or argument value: a bare NaN compared with == never matches (a fresh
+    id); inside a container it is the shared constant (already in ``c``)."""
+    if isinstance(v, float) and math.isnan(v):
+        return _hash32(f"nan#{next(nan_ids)}")
+    return _hash32(c)
+
+
 def _encode_call(name: Any, params: Any, whole: Any, equality: str, nan_ids) -> _Call:
     """Ids of one call. ``whole=None`` means the whole call is ``{"name": name, "parameters": params}``,
-    whose canonical form is then assembled from the parts' (each value canonicalised once)."""
+    whose canonical form is then assembled from the parts' (each value canonicalised once).
+    Raises ``ValueError`` for a value nested deeper than ``MAX_DEPTH``."""
+    try:
+        return _encode_call_parts(name, params, whole, equality == "lenient", nan_ids)
+    except (_TooDeep, RecursionError):
+        raise ValueError(f"value nested deeper than {MAX_DEPTH}") from None
+
+
+def _encode_call_parts(name: Any, params: Any, whole: Any, lenient: bool, nan_ids) -> _Call:
     bad = not isinstance(params, dict)
     try:
         hash(name)
         unhashable = False
     except TypeError:
         unhashable = True
-    lenient = equality == "lenient"
-
-    def canon(v):
-        try:
-            return _canon(v, lenient, nan_ids, 1)
-        except (_TooDeep, RecursionError):
-            raise ValueError(f"value nested deeper than {MAX_DEPTH}") from None
-
-    def top_id(v, c):  # a bare NaN compared with == never matches; inside a call it is the shared constant
-        if isinstance(v, float) and math.isnan(v):
-            return _hash32(f"nan#{next(nan_ids)}")
-        return _hash32(c)
-
-    c_name = canon(name)
+    # Inside a whole call object (a dict), name and parameters sit one level deeper: canonicalise
+    # the parts at that depth and assemble the whole from them (each value visited once; the
+    # depth limit fails exactly when canonicalising the whole object would).
+    from_parts = whole is None or type(whole) is dict
+    d = 1 if whole is None else 2
+    c_name = _canon(name, lenient, nan_ids, d)
     keys: tuple[int, ...] = ()
     vals: tuple[int, ...] = ()
     if not bad:
         # Keys that are equal under the equality (lenient: " a" and "a") are one key, as in a
         # dict of the normalised values: first position, last value. Counted twice they would
         # push the key Jaccard above 1 and the reward out of its range.
-        merged = {canon(k): (canon(v), v) for k, v in params.items()}
+        merged: dict[str, tuple[str, Any]] = {}
+        for k, v in params.items():
+            merged[_canon(k, lenient, nan_ids, d + 1)] = (_canon(v, lenient, nan_ids, d + 1), v)
         cks = list(merged)
         cvs = [c for c, _ in merged.values()]
-        keys = tuple(_hash32(c) for c in cks)
-        vals = tuple(top_id(v, c) for c, v in merged.values())
+        keys = tuple(map(_hash32, cks))
+        vals = tuple([_top_id(v, c, nan_ids) for c, v in merged.values()])
+        c_params = "{" + ",".join(sorted([k + ":" + v for k, v in zip(cks, cvs)])) + "}"
+    elif from_parts and (whole is None or "parameters" in whole):
+        c_params = _canon(params, lenient, nan_ids, d)
     if whole is None:
-        c_params = "{" + ",".join(sorted(k + ":" + v for k, v in zip(cks, cvs))) + "}" if not bad else canon(params)
-        c_whole = "{" + ",".join(sorted([canon("name") + ":" + c_name, canon("parameters") + ":" + c_params])) + "}"
+        c_whole = "{" + ",".join(sorted([_C_NAME + ":" + c_name, _C_PARAMETERS + ":" + c_params])) + "}"
+    elif from_parts:
+        items = []
+        for k, v in whole.items():
+            ck = _canon(k, lenient, nan_ids, d)
+            if k == "name" and type(k) is str:
+                items.append(ck + ":" + c_name)
+            elif k == "parameters" and type(k) is str:
+                items.append(ck + ":" + c_params)
+            else:
+                items.append(ck + ":" + _canon(v, lenient, nan_ids, d))
+        c_whole = "{" + ",".join(sorted(items)) + "}"
     else:
-        c_whole = canon(whole)
-    return _Call(top_id(name, c_name), _hash32(c_whole), keys, vals, bad, unhashable)
+        c_whole = _canon(whole, lenient, nan_ids, 1)
+    return _Call(_top_id(name, c_name, nan_ids), _hash32(c_whole), keys, vals, bad, unhashable)
 
 
 def _json_lines(block: str) -> list | None:
@@ -392,18 +437,49 @@ def _encode_prediction(text: str, config: ToolRLRewardConfig, nan_ids,
     return True, tuple(calls), ""
 
 
-def _fill(calls: Sequence[_Call], C: int, A: int, out: dict, side: str, b: int) -> None:
-    for c, call in enumerate(calls[:C]):
-        out[f"{side}_call_valid"][b, c] = True
-        out[f"{side}_name"][b, c] = call.name_id
-        out[f"{side}_call"][b, c] = call.call_id
-        n = min(len(call.keys), A)
-        out[f"{side}_key"][b, c, :n] = call.keys[:n]
-        out[f"{side}_val"][b, c, :n] = call.vals[:n]
-        out[f"{side}_arg_valid"][b, c, :n] = True
-        if side == "pd":
-            out["pd_bad_params"][b, c] = call.bad_params
-            out["pd_unhashable_name"][b, c] = call.unhashable_name
+class _CallTable:
+    """Flat (sample, call, argument) entries of encoded calls, written to the arrays at once."""
+
+    def __init__(self):
+        self.call_at: list[tuple[int, int]] = []  # (b, c)
+        self.call_ids: list[tuple[int, int, bool, bool]] = []  # (name, call, bad, unhashable)
+        self.arg_at: list[tuple[int, int, int]] = []  # (b, c, a)
+        self.arg_ids: list[tuple[int, int]] = []  # (key, value)
+
+    def add(self, b: int, calls: Sequence[_Call], C: int, A: int) -> None:
+        for c, call in enumerate(calls[:C]):
+            self.call_at.append((b, c))
+            self.call_ids.append((call.name_id, call.call_id, call.bad_params, call.unhashable_name))
+            n = min(len(call.keys), A)
+            self.arg_at.extend((b, c, a) for a in range(n))
+            self.arg_ids.extend(zip(call.keys[:n], call.vals[:n]))
+
+    def write(self, out: dict, side: str) -> None:
+        if self.call_at:
+            bc = tuple(np.asarray(self.call_at, np.int64).T)
+            ids = np.asarray(self.call_ids, np.int64)
+            out[f"{side}_call_valid"][bc] = True
+            out[f"{side}_name"][bc] = ids[:, 0]
+            out[f"{side}_call"][bc] = ids[:, 1]
+            if side == "pd":
+                out["pd_bad_params"][bc] = ids[:, 2].astype(bool)
+                out["pd_unhashable_name"][bc] = ids[:, 3].astype(bool)
+        if self.arg_at:
+            bca = tuple(np.asarray(self.arg_at, np.int64).T)
+            kv = np.asarray(self.arg_ids, np.int64)
+            out[f"{side}_key"][bca] = kv[:, 0]
+            out[f"{side}_val"][bca] = kv[:, 1]
+            out[f"{side}_arg_valid"][bca] = True
+
+
+def _gather_rows(out: dict, prefix: str, table: _CallTable, num_rows: int, row_of_sample: np.ndarray) -> None:
+    """``out[prefix*][b] = table row row_of_sample[b]`` for the per-call arrays (rows < 0 stay 0)."""
+    side = prefix[:-1]
+    keys = [k for k in out if k.startswith(prefix) and out[k].ndim > 1]
+    rows = {k: np.zeros((num_rows + 1,) + out[k].shape[1:], out[k].dtype) for k in keys}
+    table.write(rows, side)  # row num_rows (index -1) stays empty
+    for k in keys:
+        out[k] = rows[k][row_of_sample]
 
 
 def encode_batch(
@@ -447,39 +523,66 @@ def encode_batch(
     out["pd_bad_params"] = np.zeros((B, C), bool)
     out["pd_unhashable_name"] = np.zeros((B, C), bool)
     reasons = [""] * B
-    gt_cache: dict[str, EncodedGroundTruth] = {}
+    # Each distinct ground truth and each distinct prediction text is encoded once into a row of
+    # a table; samples then gather their rows (identical completions are common in a GRPO group).
+    gt_rows: dict[str, int] = {}
+    gt_table, gt_of_sample = _CallTable(), np.zeros(B, np.int64)
+    gt_has_call: list[bool] = []
+    gt_kind: list[str] = []
+    pd_rows: dict[str, int] = {}
+    pd_table, pd_of_sample = _CallTable(), np.full(B, -1, np.int64)
+    pd_result: list[tuple[bool, bool, str]] = []  # (ok, overflow, reason) per pd row
+    fmt_memo: dict[tuple[str, str], bool] = {}
     nan_ids = itertools.count()
     for b, (text, gt) in enumerate(zip(completions, ground_truths)):
         if not isinstance(gt, str):
             raise DataError(f"sample {b}: ground_truth must be a string")
-        if gt not in gt_cache:
-            gt_cache[gt] = parse_ground_truth(gt, config, _nan_ids=nan_ids)
-        egt = gt_cache[gt]
-        if len(egt.calls) > C or any(len(c.keys) > A for c in egt.calls):
-            raise ConfigError(f"sample {b}: ground truth has {len(egt.calls)} calls / "
-                              f"{max((len(c.keys) for c in egt.calls), default=0)} arguments, more than "
-                              f"max_calls={C} / max_args={A}; raise them in the reward config")
+        g = gt_rows.get(gt)
+        if g is None:
+            egt = parse_ground_truth(gt, config, _nan_ids=nan_ids)
+            if len(egt.calls) > C or any(len(c.keys) > A for c in egt.calls):
+                raise ConfigError(f"sample {b}: ground truth has {len(egt.calls)} calls / "
+                                  f"{max((len(c.keys) for c in egt.calls), default=0)} arguments, more than "
+                                  f"max_calls={C} / max_args={A}; raise them in the reward config")
+            g = gt_rows[gt] = len(gt_has_call)
+            gt_has_call.append(egt.has_call)
+            gt_kind.append(_gt_kind(gt))
+            gt_table.add(g, egt.calls, C, A)
+        gt_of_sample[b] = g
         parsed = None
         if isinstance(text, ParsedCompletion):
             same = text.syntax in ("", config.syntax) and len(text.tool_call_blocks) <= 1
             parsed = text if (config.syntax == "auto" or same) else None
             text = text.text
         text = text.strip() if isinstance(text, str) else ""
-        out["format_ok"][b] = format_ok(text, gt)
-        out["has_think"][b], out["think_words"][b] = think_word_count(text)
-        out["gt_has_call"][b] = egt.has_call
+        fkey = (text, gt_kind[g])
+        fmt = fmt_memo.get(fkey)
+        if fmt is None:
+            fmt = fmt_memo[fkey] = _format_ok_kind(text, gt_kind[g])
+        out["format_ok"][b] = fmt
+        if config.uses_length:  # only the length reward reads the think word count
+            out["has_think"][b], out["think_words"][b] = think_word_count(text)
         out["pd_has_call_tag"][b] = "<tool_call>" in text or "</tool_call>" in text
-        _fill(egt.calls, C, A, out, "gt", b)
-        if not egt.has_call:
+        if not gt_has_call[g]:
             continue  # correctness does not read the prediction's calls
-        ok, calls, reason = _encode_prediction(text, config, nan_ids, parsed)
-        if ok and (len(calls) > C or any(len(c.keys) > A for c in calls)):
-            out["pd_overflow"][b] = True
-            reason = f"prediction has more than max_calls={C} calls or max_args={A} arguments"
-        out["pd_ok"][b] = ok
-        reasons[b] = reason
-        if ok:
-            _fill(calls, C, A, out, "pd", b)
+        p = pd_rows.get(text) if parsed is None else None
+        if p is None:
+            ok, calls, reason = _encode_prediction(text, config, nan_ids, parsed)
+            overflow = ok and (len(calls) > C or any(len(c.keys) > A for c in calls))
+            if overflow:
+                reason = f"prediction has more than max_calls={C} calls or max_args={A} arguments"
+            p = len(pd_result)
+            if parsed is None:
+                pd_rows[text] = p
+            pd_result.append((ok, overflow, reason))
+            if ok:
+                pd_table.add(p, calls, C, A)
+        pd_of_sample[b] = p
+        out["pd_ok"][b], out["pd_overflow"][b], reasons[b] = pd_result[p]
+    _gather_rows(out, "pd_", pd_table, len(pd_result), pd_of_sample)
+    _gather_rows(out, "gt_", gt_table, len(gt_has_call), gt_of_sample)
+    if B:
+        out["gt_has_call"] = np.asarray(gt_has_call, bool)[gt_of_sample]
     batch = ToolCallBatch(**out)
     return (batch, reasons) if return_reasons else batch
 

@@ -36,7 +36,10 @@ variant or step never recompiles.
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import functools
+import multiprocessing
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -402,16 +405,58 @@ def toolrl_reward(batch: ToolCallBatch, step, config: ToolRLRewardConfig) -> Too
     return _toolrl_reward_jit(batch, step, reward_params(config), matching=config.matching)
 
 
+#: Fewest samples per worker of :func:`encode_parallel` (below it a worker costs more than it saves).
+MIN_SAMPLES_PER_WORKER = 1024
+_POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+
+
+def _encode_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool kept for the life of the process (``spawn``: safe next to JAX's threads)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        atexit.register(_POOLS[workers].shutdown, wait=False, cancel_futures=True)
+    return _POOLS[workers]
+
+
+def encode_parallel(
+    completions: Sequence[str], ground_truths: Sequence[str], config: ToolRLRewardConfig,
+    workers: int | None = None, *, min_per_worker: int = MIN_SAMPLES_PER_WORKER,
+) -> ToolCallBatch:
+    """:func:`~toolrl_jax.rewards.encode.encode_batch` split over ``workers`` processes.
+
+    Contiguous slices of at least ``min_per_worker`` samples are encoded in parallel and
+    concatenated: the same arrays as one call (every id is a hash of the value; the only
+    counter-based ids, those of NaN and unknown-type values, are compared within a sample only).
+    ``workers`` None or 1, or a batch too small to split, encodes in this process.
+    """
+    n = len(completions)
+    k = min(workers or 1, n // max(min_per_worker, 1))
+    if k <= 1:
+        return encode_batch(completions, ground_truths, config)
+    bounds = np.linspace(0, n, k + 1).astype(int)
+    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = list(_encode_pool(int(workers)).map(
+        encode_batch, [list(completions[s]) for s in slices],
+        [list(ground_truths[s]) for s in slices], [config] * k,
+    ))
+    return ToolCallBatch(*(np.concatenate(field) for field in zip(*parts)))
+
+
 def score_texts(
     completions: Sequence[str],
     ground_truths: Sequence[str],
     step: int = 0,
     config: ToolRLRewardConfig | None = None,
+    *,
+    workers: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Encode and score texts in one call; returns ``[B]`` numpy arrays total/format/correctness/length.
 
     The batch is padded to the next power of two (>= 8) so that varying batch sizes reuse a few
-    compiled programs.
+    compiled programs. ``workers`` > 1 encodes large batches in a process pool
+    (:func:`encode_parallel`): the host encoding, not the jitted score, is the cost.
     """
     config = config or ToolRLRewardConfig()
     n = len(completions)
@@ -424,6 +469,6 @@ def score_texts(
         size *= 2
     comps = list(completions) + [completions[0]] * (size - n)
     gts = list(ground_truths) + [ground_truths[0]] * (size - len(ground_truths))
-    batch = encode_batch(comps, gts, config)
+    batch = encode_parallel(comps, gts, config, workers)
     out = toolrl_reward(batch, np.int32(step), config)
     return {k: np.asarray(getattr(out, k))[:n] for k in ToolRLReward._fields}

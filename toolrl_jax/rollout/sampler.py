@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,6 +70,30 @@ def bucket_length(n: int, *, minimum: int = 16, pow2_until: int = 512) -> int:
     if size >= n:
         return size
     return -(-n // pow2_until) * pow2_until
+
+
+def bucket_kv_len(n: int, cache_len: int, *, minimum: int = 128) -> int:
+    """Static number of cache slots a decode chunk reads when its rows need ``n`` slots:
+    :func:`bucket_length` from ``minimum`` (128, 256, 512, 1024, 1536, ...), capped at
+    ``cache_len``. One decode program is compiled per bucket."""
+    return min(bucket_length(n, minimum=minimum), int(cache_len))
+
+
+def _hidden_kwargs(kv_len: int | None) -> dict:
+    """``kv_len`` is passed to ``model.hidden`` only when set (models without it still work)."""
+    return {} if kv_len is None else {"kv_len": kv_len}
+
+
+@jax.jit
+def _longest_active(cache_index: jax.Array, active: jax.Array) -> jax.Array:
+    return jnp.max(jnp.where(active, cache_index, -1))
+
+
+def _accepts_kv_len(model: Any) -> bool:
+    try:
+        return "kv_len" in inspect.signature(model.hidden).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def bucket_rows(n: int, batch_size: int) -> int:
@@ -222,6 +247,7 @@ def extend_step(
     stop_lens: jax.Array,
     *,
     sampling: SamplingConfig,
+    kv_len: int | None = None,
 ) -> DecodeState:
     """Append ``tokens [R, T]`` (valid ``[:lengths]``) to slots ``rows [R]`` and sample one token.
 
@@ -238,6 +264,9 @@ def extend_step(
       max_total: ``[R]`` limit on the row's total sequence length.
       eos_ids, stop_seqs, stop_lens: the stop table (:mod:`toolrl_jax.rollout.stops`).
       sampling: static sampling strategy.
+      kv_len: static number of cache slots attention reads (``None``: all); the caller
+        guarantees ``start + T <= kv_len`` for the real rows (e.g. ``kv_len = T`` when every
+        real row is reset).
 
     Returns:
       the new state; touched rows are active unless the first sampled token already stops them.
@@ -253,7 +282,8 @@ def extend_step(
     positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     segment_ids = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
     hidden, sub_cache = model.hidden(
-        tokens, positions, segment_ids=segment_ids, cache=sub_cache, cache_index=start
+        tokens, positions, segment_ids=segment_ids, cache=sub_cache, cache_index=start,
+        **_hidden_kwargs(kv_len),
     )
     last = jnp.clip(lengths - 1, 0, t - 1)
     last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [R, D]
@@ -321,8 +351,12 @@ def decode_step(
     stop_lens: jax.Array,
     *,
     sampling: SamplingConfig,
+    kv_len: int | None = None,
 ) -> DecodeState:
-    """One token for every active slot: feed the pending token, sample the next, check stops."""
+    """One token for every active slot: feed the pending token, sample the next, check stops.
+
+    ``kv_len`` (static): attention reads cache slots ``[:kv_len]`` only; the caller guarantees
+    ``cache_index < kv_len`` for every active row (:meth:`Sampler.decode` picks the bucket)."""
     active = state.active
     batch, buf_len = state.tokens.shape
     hidden, cache = model.hidden(
@@ -331,6 +365,7 @@ def decode_step(
         segment_ids=active[:, None].astype(jnp.int32),
         cache=state.cache,
         cache_index=state.cache_index,
+        **_hidden_kwargs(kv_len),
     )
     logits = model.logits(hidden[:, 0])  # [B, V]
     new_token, new_logprob = sample_from_logits(
@@ -377,6 +412,7 @@ def decode_loop(
     stop_lens: jax.Array,
     *,
     sampling: SamplingConfig,
+    kv_len: int | None = None,
 ) -> tuple[DecodeState, jax.Array, jax.Array]:
     """``decode_step`` in a ``lax.while_loop`` while ``step < num_steps and any(active)``.
 
@@ -394,7 +430,9 @@ def decode_loop(
         return (
             step + 1,
             busy,
-            decode_step(model, st, eos_ids, stop_seqs, stop_lens, sampling=sampling),
+            decode_step(
+                model, st, eos_ids, stop_seqs, stop_lens, sampling=sampling, kv_len=kv_len
+            ),
         )
 
     steps, busy, state = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.int32(0), state))
@@ -436,6 +474,10 @@ class Sampler:
       min_bucket: smallest prefill length bucket.
       jit_wrapper: applied to the pure step functions before ``jax.jit`` (tests pass
         ``chex.assert_max_traces(n=...)`` to prove a program compiles once per bucket).
+      kv_min_bucket: smallest KV-length bucket: a decode chunk's attention reads only the first
+        :func:`bucket_kv_len` slots (a bucket >= the longest live row), one compiled decode
+        program per bucket. ``None`` (or a model whose ``hidden`` has no ``kv_len``) reads the
+        whole cache every step.
       mesh: optional ``jax.sharding.Mesh`` (axes data/fsdp/tp) the model's parameters live on;
         the slots are split over ``('data', 'fsdp')`` and the KV heads over ``tp``
         (``models.sharding.cache_partition_spec``, with its divisibility fallback), and the
@@ -456,6 +498,7 @@ class Sampler:
         min_bucket: int = 16,
         jit_wrapper: Callable[[Callable], Callable] | None = None,
         mesh: Any = None,
+        kv_min_bucket: int | None = 128,
     ):
         if batch_size < 1 or cache_len < 2 or turn_len < 1:
             raise ConfigError(
@@ -467,6 +510,9 @@ class Sampler:
         self.turn_len = int(turn_len)
         self.sampling = sampling
         self.min_bucket = int(min_bucket)
+        self.kv_min_bucket = (
+            int(kv_min_bucket) if kv_min_bucket is not None and _accepts_kv_len(model) else None
+        )
         self.stop_table = stops_lib.make_stop_table(eos_ids, stop_sequences)
         self._stop_arrays = self.stop_table.arrays()
         self.graphdef, self.params = nnx.split(model)
@@ -496,6 +542,7 @@ class Sampler:
             eos_ids,
             stop_seqs,
             stop_lens,
+            kv_len,
         ):
             model = nnx.merge(graphdef, params)
             return extend_step(
@@ -512,17 +559,19 @@ class Sampler:
                 stop_seqs,
                 stop_lens,
                 sampling=sampling,
+                kv_len=kv_len,
             )
 
-        def _decode(params, state, num_steps, eos_ids, stop_seqs, stop_lens):
+        def _decode(params, state, num_steps, eos_ids, stop_seqs, stop_lens, kv_len):
             model = nnx.merge(graphdef, params)
             return decode_loop(
-                model, state, num_steps, eos_ids, stop_seqs, stop_lens, sampling=sampling
+                model, state, num_steps, eos_ids, stop_seqs, stop_lens, sampling=sampling,
+                kv_len=kv_len,
             )
 
         self._extend_fn, self._decode_fn = wrap(_extend), wrap(_decode)
-        self._extend = jax.jit(self._extend_fn, donate_argnums=(1,))
-        self._decode = jax.jit(self._decode_fn, donate_argnums=(1,))
+        self._extend = jax.jit(self._extend_fn, donate_argnums=(1,), static_argnums=(12,))
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(1,), static_argnums=(6,))
         self._copy_rows = jax.jit(copy_rows_step, donate_argnums=(0,))
 
     # ------------------------------------------------------------------ params
@@ -563,9 +612,12 @@ class Sampler:
         if self._state_shardings is None:
             self._state_shardings = self._shardings_of(state)
             out = (self._state_shardings,)
-            self._extend = jax.jit(self._extend_fn, donate_argnums=(1,), out_shardings=out[0])
+            self._extend = jax.jit(
+                self._extend_fn, donate_argnums=(1,), static_argnums=(12,), out_shardings=out[0]
+            )
             self._decode = jax.jit(
-                self._decode_fn, donate_argnums=(1,), out_shardings=(out[0], None, None)
+                self._decode_fn, donate_argnums=(1,), static_argnums=(6,),
+                out_shardings=(out[0], None, None),
             )
             self._copy_rows = jax.jit(copy_rows_step, donate_argnums=(0,), out_shardings=out[0])
         return jax.device_put(state, self._state_shardings)
@@ -635,6 +687,8 @@ class Sampler:
             [np.asarray(rows, np.int32), np.full((pad,), self.batch_size, np.int32)]
         )
         lengths = np.concatenate([lengths, np.zeros((pad,), np.int32)])
+        all_reset = bool(np.all(np.broadcast_to(np.asarray(reset, bool), (n,))))
+        kv_len = t if self.kv_min_bucket is not None and all_reset else None
         return self._extend(
             self.params,
             state,
@@ -646,6 +700,7 @@ class Sampler:
             col(max_tokens, self.turn_len, np.int32),
             col(max_total, self.cache_len, np.int32),
             *self._stop_arrays,
+            kv_len,
         )
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> DecodeState:
@@ -664,11 +719,40 @@ class Sampler:
 
     def decode(self, state: DecodeState, num_steps: int) -> tuple[DecodeState, int, int]:
         """Run up to ``num_steps`` decode steps (fewer when every slot stops). ``state`` is
-        donated. Returns ``(state, steps_run, active_row_steps)`` (the ints block on the device)."""
-        state, steps, busy = self._decode(
-            self.params, state, np.int32(num_steps), *self._stop_arrays
-        )
-        return state, steps, busy
+        donated. Returns ``(state, steps_run, active_row_steps)`` (python ints).
+
+        With KV buckets the steps run in sub-chunks, each a device-side ``while_loop`` whose
+        attention reads the :func:`bucket_kv_len` slots that hold the longest active row until
+        the chunk's end; the host reads the longest active row's length once and the step
+        count at each bucket boundary (a handful per call, not one per token).
+        """
+        if self.kv_min_bucket is None:
+            state, steps, busy = self._decode(
+                self.params, state, np.int32(num_steps), *self._stop_arrays, None
+            )
+            return state, int(steps), int(busy)
+        # slot the next token of the longest active row goes to (-1: none); a replicated
+        # scalar, so this also works when the slots are sharded over several hosts
+        longest = int(_longest_active(state.cache_index, state.active))
+        if num_steps < 1 or longest < 0:
+            return state, 0, 0
+        total_steps = total_busy = 0
+        remaining = int(num_steps)
+        while remaining > 0:
+            kv_len = bucket_kv_len(longest + 1, self.cache_len, minimum=self.kv_min_bucket)
+            chunk = remaining if kv_len <= longest else min(remaining, kv_len - longest)
+            if kv_len <= longest:
+                kv_len = self.cache_len
+            state, steps, busy = self._decode(
+                self.params, state, np.int32(chunk), *self._stop_arrays, kv_len
+            )
+            steps, busy = int(steps), int(busy)
+            total_steps, total_busy = total_steps + steps, total_busy + busy
+            remaining -= chunk
+            if steps < chunk:  # every row stopped
+                break
+            longest += steps
+        return state, total_steps, total_busy
 
     # ------------------------------------------------------------------ one-shot
     def generate(
