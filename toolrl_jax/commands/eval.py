@@ -62,16 +62,20 @@ def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_si
     from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
     from toolrl_jax.rollout.sampling import SamplingConfig
 
-    engines: dict[int, RolloutEngine] = {}
+    engines: dict[tuple[int, int], RolloutEngine] = {}
 
-    def engine_for(total: int) -> RolloutEngine:
-        size = max(256, 1 << (total - 1).bit_length())  # a handful of cache sizes per run
-        if size not in engines:
-            cfg = RolloutConfig(num_slots=batch_size, max_new_tokens=max_new_tokens,
+    def engine_for(total: int, rows: int) -> RolloutEngine:
+        """A cache of a power-of-two length and no more slots than rows (a power of two, at
+        most ``batch_size``): a few tasks never decode a full batch of empty slots."""
+        size = max(256, 1 << (total - 1).bit_length())
+        slots = min(batch_size, 1 << max(rows - 1, 0).bit_length())
+        if (size, slots) not in engines:
+            cfg = RolloutConfig(num_slots=slots, max_new_tokens=max_new_tokens,
                                 max_total_len=size, max_turns=1,
                                 sampling=SamplingConfig(temperature=0.0))
-            engines[size] = RolloutEngine(model, cfg, tokenizer=tokenizer, template=template)
-        return engines[size]
+            engines[size, slots] = RolloutEngine(model, cfg, tokenizer=tokenizer,
+                                                 template=template)
+        return engines[size, slots]
 
     def predict(tasks):
         prompts = [template.render_prompt(tokenizer, t.messages, add_generation_prompt=True)
@@ -84,7 +88,7 @@ def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_si
         if not ok:
             return texts
         longest = max(len(prompts[i]) for i in ok)
-        eng = engine_for(longest + max_new_tokens)
+        eng = engine_for(longest + max_new_tokens, len(ok))
         traj = eng.run([RolloutRequest(prompt_ids=prompts[i]) for i in ok])
         for row, i in enumerate(ok):
             texts[i] = traj.completion_text(row, tokenizer, skip_special_tokens=True)
