@@ -248,3 +248,39 @@ def test_dynamic_sampling_fills_with_masked_constant_groups_when_rounds_run_out(
         assert float(np.asarray(batch.loss_mask).sum()) == 0.0  # filler rows carry no loss
     finally:
         CONSTANT_ROUNDS = 1
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rollout.prompts_per_step=-1", "rollout.prompts_per_step"),
+    ("rollout.samples_per_prompt=0", "rollout.samples_per_prompt"),
+    ("sft.batch_size=-4", "sft.batch_size"),
+    ("data.num_train=-8", "data.num_train"),
+    ("data.num_eval=-1", "data.num_eval"),
+    ("train.steps=-3", "train.steps"),
+    ("optim.learning_rate=.nan", "optim.learning_rate"),
+    ("algo.ppo_minibatches=0", "algo.ppo_minibatches"),
+])
+def test_bad_numbers_are_config_errors_naming_the_key(override, key):
+    """Issue 10 item 8: each used to be a traceback or a silent wrong run."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(TrainConfig, None, [override])
+
+
+def test_cli_reports_a_bad_config_in_one_line(capsys):
+    from toolrl_jax.cli import main
+
+    assert main(["train", "rollout.samples_per_prompt=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rollout.samples_per_prompt" in err[0]
+
+
+@pytest.mark.slow
+def test_reward_shapes_too_small_for_the_data_fail_at_load(tiny_model_dir, tmp_path):
+    """Issue 10 item 9: a ground truth with more arguments than reward.toolrl.max_args is an
+    error naming the key when the trainer loads the data, not mid-run."""
+    from toolrl_jax.train.trainer import Trainer
+
+    cfg = load_config(TrainConfig, None, _overrides(tiny_model_dir, tmp_path,
+                                                    "reward.toolrl.max_args=1"))
+    with pytest.raises(ConfigError, match=r"reward\.toolrl\.max_calls=8 / max_args=1"):
+        Trainer(cfg)
