@@ -77,6 +77,13 @@ def informative_groups(total: np.ndarray, group_ids: np.ndarray, num_groups: int
     return out
 
 
+def _concat(dicts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
+    """Row-wise concatenation of per-group dicts; a key a group lacks is NaN there."""
+    keys = sorted(set().union(*dicts)) if dicts else []
+    return {k: np.concatenate([d.get(k, np.full(n, np.nan, np.float32)) for d, n in zip(dicts, sizes)])
+            for k in keys}
+
+
 def select_groups(rounds: list[tuple[RolloutBatch, Scores]], need: int, *,
                   pad_id: int) -> Collected:
     """DAPO dynamic sampling: the first ``need`` informative groups over the rounds, in order;
@@ -101,8 +108,9 @@ def select_groups(rounds: list[tuple[RolloutBatch, Scores]], need: int, *,
         comps.append({k: v[rows] for k, v in scores.components.items()})
         parts_s.append({k: v[rows] for k, v in scores.parts.items()})
         keep.append(np.full(len(rows), j < len(picks[:need]), bool))
-    cat = lambda ds: {k: np.concatenate([d[k] for d in ds]) for k in ds[0]}  # noqa: E731
-    scores = Scores(total=np.concatenate(totals), components=cat(comps), parts=cat(parts_s))
+    sizes = [len(g) for g in gids]
+    scores = Scores(total=np.concatenate(totals), components=_concat(comps, sizes),
+                    parts=_concat(parts_s, sizes))
     traj = concat_trajectories(parts, pad_id=pad_id)
     traj = dataclasses.replace(traj, group_ids=np.concatenate(gids))
     batch = RolloutBatch(trajectory=traj, tasks=tasks, group_ids=np.concatenate(gids),

@@ -184,7 +184,8 @@ class Scores(NamedTuple):
     def metrics(self) -> dict[str, float]:
         out = {"reward": float(np.mean(self.total))}
         out.update({f"reward/{k}": float(np.mean(v)) for k, v in self.components.items()})
-        out.update({f"reward/{k}": float(np.mean(v)) for k, v in self.parts.items()})
+        out.update({f"reward/{k}": float(np.nanmean(v)) for k, v in self.parts.items()
+                    if np.isfinite(v).any()})
         return out
 
 
@@ -263,6 +264,10 @@ def ftrl(ctx: RewardContext, cfg: None) -> ComponentScore:
     episodes = [score_task(task, trajectory_turns(ctx.trajectory, i, ctx.tokenizer, syntax))
                 for i, task in enumerate(ctx.tasks)]
     values = np.array([np.mean(e.turn_rewards) if e.turn_rewards else 0.0 for e in episodes])
-    return ComponentScore(values.astype(np.float32), {
-        "success": np.array([e.success for e in episodes], np.float32),
-        "completion": np.array([e.completion for e in episodes], np.float32)})
+    success = np.array([e.success for e in episodes], np.float32)
+    parts = {"success": success,
+             "completion": np.array([e.completion for e in episodes], np.float32)}
+    levels = np.array([str(t.meta.get("level", "")) for t in ctx.tasks])
+    for level in sorted(set(levels) - {""}):  # NaN elsewhere: the logged mean is per level
+        parts[f"success_{level}"] = np.where(levels == level, success, np.nan)
+    return ComponentScore(values.astype(np.float32), parts)
