@@ -200,6 +200,33 @@ class LossTerms(NamedTuple):
     token_sums: dict[str, jax.Array]
 
 
+#: Cap on GSPO's ``log s_i`` before ``exp`` (verl's ``compute_policy_loss_gspo``).
+LOG_RATIO_CAP = 10.0
+
+
+def sequence_log_ratio(
+    logprobs: jax.Array, old_logprobs: jax.Array, loss_mask: jax.Array
+) -> jax.Array:
+    """GSPO's ``[B]`` ``log s_i = sum_t m (logp - old) / max(sum_t m, 1)``, capped at
+    ``LOG_RATIO_CAP`` (Zheng et al., arXiv 2507.18071)."""
+    f32 = jnp.promote_types(logprobs.dtype, jnp.float32)
+    m = loss_mask.astype(f32)
+    d = (logprobs.astype(f32) - old_logprobs.astype(f32)) * m
+    mean = jnp.sum(d, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+    return jnp.minimum(mean, LOG_RATIO_CAP)
+
+
+def sequence_ratio(logprobs: jax.Array, old_logprobs: jax.Array, loss_mask: jax.Array, *,
+                   token_level: bool) -> jax.Array:
+    """``[B, T]`` GSPO ratio: ``s_i`` broadcast to the tokens (sequence advantages), or
+    GSPO-token's ``s_it = sg(s_i) * pi(y_t) / sg(pi(y_t))`` (per-token advantages)."""
+    log_s = sequence_log_ratio(logprobs, old_logprobs, loss_mask)
+    if not token_level:
+        return jnp.broadcast_to(jnp.exp(log_s)[:, None], logprobs.shape)
+    sg = jax.lax.stop_gradient
+    return jnp.exp(sg(log_s)[:, None] + logprobs - sg(logprobs))
+
+
 def policy_loss_terms(
     logprobs: jax.Array,
     old_logprobs: jax.Array,
@@ -240,7 +267,10 @@ def policy_loss_terms(
     sg = jax.lax.stop_gradient
 
     log_ratio = logprobs - old_logprobs
-    ratio = jnp.exp(log_ratio)
+    if config.ratio_level == "sequence":  # GSPO: one length-normalised ratio per sequence
+        ratio = sequence_ratio(logprobs, old_logprobs, mask, token_level=advantages.ndim == 2)
+    else:
+        ratio = jnp.exp(log_ratio)
     pg1 = -adv * ratio
     pg2 = -adv * jnp.clip(ratio, 1.0 - config.clip_eps_low, 1.0 + config.clip_eps_high)
     pg = jnp.maximum(pg1, pg2)
@@ -294,7 +324,7 @@ def policy_loss_terms(
     token_sums.update(
         clip_frac=jnp.sum(clipped * mask),
         dual_clip_frac=jnp.sum(dual_clipped * mask),
-        approx_kl=jnp.sum((ratio - 1.0 - log_ratio) * mask),  # k3 of KL(old || new)
+        approx_kl=jnp.sum((jnp.exp(log_ratio) - 1.0 - log_ratio) * mask),  # k3 of KL(old || new)
         ppo_kl=jnp.sum(-log_ratio * mask),  # k1, as verl logs it
         ratio_mean=jnp.sum(ratio * mask),
         advantage_mean=jnp.sum(adv * mask),

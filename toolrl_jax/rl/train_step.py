@@ -63,7 +63,6 @@ from jax.sharding import PartitionSpec as P
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.models.sharding import param_partition_specs
 from toolrl_jax.rl import advantages as advantages_lib
-from toolrl_jax.rl import gspo as gspo_lib
 from toolrl_jax.rl import losses as losses_lib
 from toolrl_jax.rl.logprobs import token_logprobs_and_entropy
 
@@ -427,9 +426,7 @@ class Learner:
         old = mb.get("old_logprobs")
         if old is None:
             old = jax.lax.stop_gradient(lp)
-        loss_terms = (gspo_lib.gspo_loss_terms if self.algo.loss.ratio_level == "sequence"
-                      else losses_lib.policy_loss_terms)
-        terms = loss_terms(
+        terms = losses_lib.policy_loss_terms(
             lp, old, mb["advantages"], mb["loss_mask"], self.algo.loss,
             ref_logprobs=mb.get("ref_logprobs") if self.algo.loss.kl_coef > 0 else None,
             entropy=ent, sample_logprobs=mb.get("sample_logprobs"),
