@@ -124,3 +124,71 @@ def test_each_step_is_owned_by_one_leaf_below_it():
             path.append(m)
             m = tree.parent[m]
         assert n in path
+
+
+# ----------------------------------------------------------------------------- scripted rollout
+def _shared_prefill(prefixes):
+    """Prefill tokens of one level under shared prompt prefill: each distinct prefix once (all
+    but its last token), then the last token once per request."""
+    return sum(len(p) - 1 for p in {tuple(p) for p in prefixes}) + len(prefixes)
+
+
+def test_scripted_tree_shares_every_prefix_step_exactly_once():
+    from tests.train import _scripted as S
+    from toolrl_jax.train.tree import TreeConfig, tree_strategy
+    from toolrl_jax.train.strategies import PromptDraw
+
+    deep, direct = [1, 3, 4], [1, 3, 5]
+    turn1, obs1 = [10, S.TOOL_END], S.observation(2)
+    turn2, obs2 = [13, S.TOOL_END], S.observation(1)
+    final = [12, S.EOS]
+    scripts = {}
+    S.add_script(scripts, deep, turn1)
+    S.add_script(scripts, deep + turn1 + obs1, turn2)
+    S.add_script(scripts, deep + turn1 + obs1 + turn2 + obs2, final)
+    S.add_script(scripts, direct, final)  # answers at once: never forks
+    g = 8
+    ctx = S.context(scripts, [deep, direct], samples=g, max_turns=3, num_slots=8,
+                    tree=TreeConfig(max_depth=2, branching=2, fork_weight=0.5))
+    batch = tree_strategy(ctx, PromptDraw(np.array([0, 1]), seed=0))
+    traj = batch.trajectory
+
+    # every prompt ends with exactly G leaves; deep leaves are the whole scripted path
+    assert np.bincount(batch.group_ids).tolist() == [g, g]
+    full = deep + turn1 + obs1 + turn2 + obs2 + final
+    for i in np.flatnonzero(batch.group_ids == 0):
+        assert traj.tokens[i, : traj.lengths[i]].tolist() == full
+        assert traj.loss_mask[i, : traj.lengths[i]].tolist() == (
+            [0] * 3 + [1, 1] + [0] * 3 + [1, 1] + [0] * 2 + [1, 1])
+    for i in np.flatnonzero(batch.group_ids == 1):
+        assert traj.tokens[i, : traj.lengths[i]].tolist() == direct + final
+
+    # deep prompt: 2 first steps (budget 4 each) -> 4 children (2 each) -> 8 leaves.
+    # direct prompt: 2 roots finish at once, their budgets are re-sampled as new roots until
+    # 8 leaves exist (2, then 2, 2, 2 more: levels 0..3, one new root per old one each level).
+    unique_deep = 2 * 2 + 4 * 2 + 8 * 2  # decoded once per step
+    m = batch.metrics
+    assert m["tree/leaves"] == 2 * g and m["tree/forks"] == 2 + 4
+    assert m["tree/generated_tokens"] == unique_deep + g * 2
+    assert batch.loss_mask.sum() == unique_deep + g * 2  # each step's tokens owned once
+    p1 = deep + turn1 + obs1
+    p2 = p1 + turn2 + obs2
+    expected_prefill = (_shared_prefill([deep] * 2 + [direct] * 2)  # level 0
+                        + _shared_prefill([p1] * 4 + [direct] * 2)  # level 1
+                        + _shared_prefill([p2] * 8 + [direct] * 2)  # level 2
+                        + _shared_prefill([direct] * 2))            # level 3
+    assert m["tree/prefill_tokens"] == expected_prefill
+    assert m["tree/levels"] == 4
+    # rows own disjoint steps: every deep step's tokens appear in exactly one row's mask
+    deep_rows = batch.loss_mask[batch.group_ids == 0]
+    assert deep_rows[:, 3:5].sum() == 2 * 2 and deep_rows[:, 8:10].sum() == 4 * 2
+    assert deep_rows[:, 12:14].sum() == 8 * 2
+
+    # per-token advantages: all leaves of a prompt are equal here, so everything is 0; a reward
+    # vector with a better leaf gives its own final step a positive advantage
+    rewards = np.zeros(2 * g)
+    assert np.all(batch.token_advantages(rewards) == 0)
+    rewards[0] = 1.0
+    adv = batch.token_advantages(rewards)
+    assert adv.shape == traj.tokens.shape
+    assert adv[0, 12] > 0 and np.all(adv[batch.loss_mask == 0] == 0)
