@@ -9,7 +9,7 @@ import types
 
 from toolrl_jax.data.task import ToolTask
 from toolrl_jax.rl.train_step import AlgoConfig
-from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine
+from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
 from toolrl_jax.rollout.sampling import SamplingConfig
 from toolrl_jax.rollout.turns import Environment
 from toolrl_jax.toolcalls.types import ToolCall
@@ -62,10 +62,10 @@ def environment() -> Environment:
 
 
 def context(scripts, prompts, *, samples, max_turns, num_slots, tree=None, fission=None,
-            algo=None):
+            algo=None, prompts_per_step=None):
     """A fake trainer: ``cfg``, ``engine('train')``, prompts and tasks, ``pad_id``."""
     policy = OraclePolicy(scripts, vocab_size=64, max_len=256, default_token=EOS)
-    rollout = RolloutConfig(strategy="tree", prompts_per_step=len(prompts),
+    rollout = RolloutConfig(strategy="tree", prompts_per_step=prompts_per_step or len(prompts),
                             samples_per_prompt=samples, num_slots=num_slots, max_new_tokens=8,
                             max_total_len=64, max_turns=max_turns, chunk_steps=3,
                             sampling=SamplingConfig(temperature=0.0), pad_multiple=1)
@@ -86,5 +86,10 @@ def context(scripts, prompts, *, samples, max_turns, num_slots, tree=None, fissi
 
         def engine(self, kind):
             return engine
+
+        def rollout(self, prompts, group_ids, tasks, *, seed):
+            reqs = [RolloutRequest(prompt_ids=list(p), group_id=int(g), task=t)
+                    for p, g, t in zip(prompts, group_ids, tasks)]
+            return engine.run(reqs, seed=seed)
 
     return Ctx(samples, tasks, [list(p) for p in prompts], cfg)
