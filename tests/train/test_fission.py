@@ -81,3 +81,20 @@ def test_buffer_is_bounded_lifo_and_config_errors():
         FissionConfig(simulator_model="qwen")
     with pytest.raises(ConfigError, match="max_fraction"):
         FissionConfig(max_fraction=1.0)
+
+
+@pytest.mark.slow
+def test_fission_strategy_one_trainer_step(tiny_model_dir, tmp_path):
+    import math
+
+    from tests.train.test_composable import _one_step, _overrides
+    from toolrl_jax.config_io import load_config
+    from toolrl_jax.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, _overrides(
+        tiny_model_dir, tmp_path, "rollout.strategy=fission", "env.name=generated_tools",
+        "rollout.max_turns=2", "rollout.max_obs_tokens=16", "fission.recovery_samples=2",
+        "fission.max_fraction=0.5"))
+    _, m = _one_step(cfg)
+    assert m["groups"] == 2 + 2 and math.isfinite(m["loss"])  # P + K_max groups
+    assert 0.0 <= m["fission/failed_call_rate"] <= 1.0 and "fission/recovery_success_rate" in m

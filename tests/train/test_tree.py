@@ -192,3 +192,22 @@ def test_scripted_tree_shares_every_prefix_step_exactly_once():
     adv = batch.token_advantages(rewards)
     assert adv.shape == traj.tokens.shape
     assert adv[0, 12] > 0 and np.all(adv[batch.loss_mask == 0] == 0)
+
+
+# ----------------------------------------------------------------------------- tiny trainer
+@pytest.mark.slow
+def test_tree_strategy_one_trainer_step(tiny_model_dir, tmp_path):
+    import math
+
+    from tests.train.test_composable import _one_step, _overrides
+    from toolrl_jax.config_io import load_config
+    from toolrl_jax.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, _overrides(
+        tiny_model_dir, tmp_path, "rollout.strategy=tree", "env.name=generated_tools",
+        "rollout.max_turns=2", "rollout.max_obs_tokens=16", "rollout.samples_per_prompt=4",
+        "tree.branching=2", "tree.max_depth=1"))
+    _, m = _one_step(cfg)
+    assert m["tree/leaves"] == 2 * 4 and math.isfinite(m["loss"])
+    assert 0.0 <= m["tree/shared_token_fraction"] < 1.0
+    assert "tree/tool_call_steps_per_trajectory" in m and "accuracy" in m
