@@ -148,7 +148,7 @@ def test_scripted_tree_shares_every_prefix_step_exactly_once():
     S.add_script(scripts, deep + turn1 + obs1 + turn2 + obs2, final)
     S.add_script(scripts, direct, final)  # answers at once: never forks
     g = 8
-    ctx = S.context(scripts, [deep, direct], samples=g, max_turns=3, num_slots=8,
+    ctx = S.context(scripts, [deep, direct], samples=g, max_turns=3, num_slots=16,
                     tree=TreeConfig(max_depth=2, branching=2, fork_weight=0.5))
     batch = tree_strategy(ctx, PromptDraw(np.array([0, 1]), seed=0))
     traj = batch.trajectory
@@ -164,8 +164,8 @@ def test_scripted_tree_shares_every_prefix_step_exactly_once():
         assert traj.tokens[i, : traj.lengths[i]].tolist() == direct + final
 
     # deep prompt: 2 first steps (budget 4 each) -> 4 children (2 each) -> 8 leaves.
-    # direct prompt: 2 roots finish at once, their budgets are re-sampled as new roots until
-    # 8 leaves exist (2, then 2, 2, 2 more: levels 0..3, one new root per old one each level).
+    # direct prompt: 2 roots (budget 4 each) finish at once; each re-samples its other 3 leaves
+    # as 2 new roots (budgets 2 and 1), and the budget-2 ones once more: 2 + 4 + 2 leaves.
     unique_deep = 2 * 2 + 4 * 2 + 8 * 2  # decoded once per step
     m = batch.metrics
     assert m["tree/leaves"] == 2 * g and m["tree/forks"] == 2 + 4
@@ -174,11 +174,10 @@ def test_scripted_tree_shares_every_prefix_step_exactly_once():
     p1 = deep + turn1 + obs1
     p2 = p1 + turn2 + obs2
     expected_prefill = (_shared_prefill([deep] * 2 + [direct] * 2)  # level 0
-                        + _shared_prefill([p1] * 4 + [direct] * 2)  # level 1
-                        + _shared_prefill([p2] * 8 + [direct] * 2)  # level 2
-                        + _shared_prefill([direct] * 2))            # level 3
+                        + _shared_prefill([p1] * 4 + [direct] * 4)  # level 1
+                        + _shared_prefill([p2] * 8 + [direct] * 2))  # level 2
     assert m["tree/prefill_tokens"] == expected_prefill
-    assert m["tree/levels"] == 4
+    assert m["tree/levels"] == 3
     # rows own disjoint steps: every deep step's tokens appear in exactly one row's mask
     deep_rows = batch.loss_mask[batch.group_ids == 0]
     assert deep_rows[:, 3:5].sum() == 2 * 2 and deep_rows[:, 8:10].sum() == 4 * 2

@@ -6,8 +6,9 @@ prompt); a node holding a leaf budget ``n > 1`` forks at its next tool-call boun
 turn's tool result is appended) into ``min(branching, n)`` children that split the budget as
 evenly as possible, up to ``tree.max_depth`` steps deep; a node with budget 1 (or past the depth)
 runs to the end. A node that finishes before it could fork (an answer without a call, a length
-stop) is one leaf; its remaining budget ``n - 1`` is re-sampled as a new sibling from its parent's
-prefix, so every prompt ends with exactly ``G`` leaves (static batch shapes).
+stop) is one leaf; its remaining budget ``n - 1`` is re-sampled from its parent's prefix as
+``min(branching, n - 1)`` new siblings splitting it, so every prompt ends with exactly ``G``
+leaves (static batch shapes) after at most ``O(log G)`` extra levels.
 
 How it runs: level by level on the engine. A level is one ``RolloutEngine.run`` of the pending
 nodes; ``RolloutRequest.pause_at_tools`` ends a node at its first tool boundary (stop reason
@@ -196,8 +197,9 @@ def _next_level(tree: TreeBuilder, pending: list[Pending], out: Trajectory, prom
             nxt += [Pending(node, p.group, n) for n in split_budget(p.budget, cfg.branching)]
             continue
         tree.leaves.append(node)
-        if p.budget > 1:  # finished before it could fork: re-sample the rest as a sibling
-            nxt.append(Pending(p.parent, p.group, p.budget - 1))
+        if p.budget > 1:  # finished before it could fork: re-sample the rest as siblings
+            nxt += [Pending(p.parent, p.group, n)
+                    for n in split_budget(p.budget - 1, cfg.branching)]
     return nxt
 
 
