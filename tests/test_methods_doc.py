@@ -14,7 +14,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "methods.md"
 SECTIONS = ("model", "mesh", "data", "env", "rollout", "reward", "algo", "optim", "sft",
-            "metrics", "train")
+            "metrics", "train", "tree", "fission")
 # `section.key.sub` or `section.key.sub: value` inside backticks
 KEY_RE = re.compile(r"`((?:%s)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)(?:: ([^`]+))?`" % "|".join(SECTIONS))
 # keys whose values are names in a registry / table: (module, attribute)

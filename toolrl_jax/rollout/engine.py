@@ -153,12 +153,18 @@ class RolloutRequest:
       messages: chat messages rendered with the engine's template (add_generation_prompt).
       group_id: GRPO group (samples of one prompt share it).
       task: passed to ``executor.start`` (per-trajectory environment state).
+      max_turns: most generated turns of this request (None: ``rollout.max_turns``).
+      pause_at_tools: end the trajectory right after its first tool turn's observation is
+        appended (stop reason ``tool_boundary``; not prefilled), so a strategy can fork there
+        (``train.tree``).
     """
 
     prompt_ids: Sequence[int] | None = None
     messages: Sequence[Mapping[str, Any]] | None = None
     group_id: int = 0
     task: Any = None
+    max_turns: int | None = None
+    pause_at_tools: bool = False
 
 
 def expand_requests(
@@ -262,6 +268,7 @@ class RolloutEngine:
         self.config = config
         self.tokenizer = tokenizer
         self.environment = environment
+        self._requests: list[RolloutRequest] = []
         self.multi_turn = config.max_turns > 1 and environment is not None
         self.template = template if template is not None else self._detect_template()
         self.turns = self._turn_handler() if self.multi_turn else None
@@ -360,6 +367,7 @@ class RolloutEngine:
         requests = self._checked_requests(requests)
         refill = cfg.refill if refill is None else bool(refill)
         scheduler = SlotScheduler(cfg.num_slots, requests, refill=refill)
+        self._requests = requests  # uid -> request (per-request turn limits)
         stats = RolloutStats()
         state = self.sampler.init_state(cfg.seed if seed is None else int(seed))
         t0 = time.perf_counter()
@@ -497,12 +505,13 @@ class RolloutEngine:
     ) -> None:
         """DECODING -> FREE (the trajectory ends) or AWAITING_TOOLS (the calls are submitted)."""
         turns = len(record.turn_starts)
+        limit = self._requests[record.uid].max_turns
         reason = turn_end_reason(
             code,
             which,
             num_tool_stops=self.num_tool_stops,
             turns=turns,
-            max_turns=self.config.max_turns,
+            max_turns=self.config.max_turns if limit is None else limit,
         )
         if reason is not None:
             self._finish(scheduler, i, reason)
@@ -519,7 +528,11 @@ class RolloutEngine:
             slot = scheduler.slots[i]
             observation = self.turns.observe(slot.record.uid, slot.tool_turn)
             slot.record.tool_calls.extend(observation.tool_calls)
-            if self._fits(slot, len(observation.ids)):
+            if self._requests[slot.record.uid].pause_at_tools and self._fits(
+                    slot, len(observation.ids)):
+                slot.record.append_observation(observation.ids)
+                self._finish(scheduler, i, "tool_boundary")
+            elif self._fits(slot, len(observation.ids)):
                 extends.append(scheduler.resume(i, observation.ids))
             else:
                 self._finish(scheduler, i, "length")

@@ -20,7 +20,7 @@ num_turns           [N]         int32 generated turns
 turn_starts         [N, K]      int32 index of each turn's first generated token, -1 = none
 turn_ends           [N, K]      int32 exclusive end of each turn's generated tokens, -1 = none
 num_tool_calls      [N]         int32 calls executed
-stop_reasons        [N]         str: eos | stop_sequence | length | max_turns
+stop_reasons        [N]         str: eos | stop_sequence | length | max_turns | tool_boundary
 tool_calls          list        per row, list of dicts {turn, name, arguments, ok, text,
                                 error_kind, seconds}
 ==================  ==========  ==============================================================
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-STOP_REASONS = ("eos", "stop_sequence", "length", "max_turns")
+STOP_REASONS = ("eos", "stop_sequence", "length", "max_turns", "tool_boundary")
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from toolrl_jax.train.strategies import RolloutBatch, keep_groups
 @flax.struct.dataclass
 class TrainBatch:
     """What :meth:`toolrl_jax.rl.train_step.Learner.ppo_update` consumes; every field ``[B, T]``
-    except ``advantages`` ``[B]``. ``old_logprobs`` / ``ref_logprobs`` are added by the
+    except ``advantages`` ``[B]`` (or ``[B, T]`` per token, tree rollouts). ``old_logprobs`` / ``ref_logprobs`` are added by the
     log-prob stage (None until then)."""
 
     tokens: Any
@@ -30,21 +30,34 @@ class TrainBatch:
 
     @classmethod
     def from_trajectory(cls, traj: Trajectory, advantages: np.ndarray, *, length: int,
-                        pad_id: int, row_weight: np.ndarray | None = None) -> "TrainBatch":
+                        pad_id: int, row_weight: np.ndarray | None = None,
+                        loss_mask: np.ndarray | None = None) -> "TrainBatch":
         """Right-pads ``traj`` to ``length`` tokens (one compiled shape); ``row_weight`` [B]
-        scales the loss mask (0 drops a row from the loss)."""
+        scales the loss mask (0 drops a row from the loss). ``advantages`` is ``[B]`` or
+        per token ``[B, T]``; ``loss_mask`` ``[B, T]`` (a strategy's, e.g. a tree's token
+        ownership) replaces the trajectory's (both are right-padded with 0)."""
         arrays = traj.pad_to(length, pad_id=pad_id).to_batch()
-        mask = np.asarray(arrays["loss_mask"], np.float32)
+        mask = np.asarray(arrays["loss_mask"] if loss_mask is None else _pad(loss_mask, length),
+                          np.float32)
+        advantages = np.asarray(advantages, np.float32)
+        if advantages.ndim == 2:
+            advantages = _pad(advantages, length)
         if row_weight is not None:
             mask = mask * np.asarray(row_weight, np.float32)[:, None]
         return cls(tokens=arrays["tokens"], positions=arrays["positions"],
                    segment_ids=arrays["segment_ids"], loss_mask=mask,
                    sample_logprobs=arrays["sample_logprobs"],
-                   advantages=np.asarray(advantages, np.float32))
+                   advantages=advantages)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) is not None}
+
+
+def _pad(a: np.ndarray, length: int) -> np.ndarray:
+    """``[B, T]`` right-padded with 0 to ``[B, length]``."""
+    a = np.asarray(a)
+    return np.pad(a, ((0, 0), (0, length - a.shape[1])))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,14 @@ from toolrl_jax.models.sharding import MeshConfig
 from toolrl_jax.rl.train_step import AlgoConfig, OptimConfig
 from toolrl_jax.rollout.engine import RolloutConfig
 from toolrl_jax.train.environments import EnvironmentConfig
+from toolrl_jax.train.fission import FissionConfig
 from toolrl_jax.train.metrics import MetricsConfig
 from toolrl_jax.train.rewards import RewardConfig
 from toolrl_jax.train.sft import SFTConfig
 from toolrl_jax.train.sft_sources import SFT_SOURCES
 from toolrl_jax.train.sources import DataConfig
 from toolrl_jax.train.strategies import ROLLOUT_STRATEGIES
+from toolrl_jax.train.tree import TreeConfig
 
 _field = dataclasses.field
 
@@ -84,7 +86,7 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """The whole run: ``model, mesh, data, env, rollout, reward, algo, optim, sft, metrics,
-    train``."""
+    train``, and the sections of rollout strategies (``tree``, ``fission``)."""
 
     model: ModelSpec = _field(default_factory=ModelSpec)
     mesh: MeshConfig = _field(default_factory=MeshConfig)
@@ -97,6 +99,8 @@ class TrainConfig:
     sft: SFTConfig = _field(default_factory=SFTConfig)
     metrics: MetricsConfig = _field(default_factory=MetricsConfig)
     train: RunConfig = _field(default_factory=RunConfig)
+    tree: TreeConfig = _field(default_factory=TreeConfig)  # rollout.strategy=tree (PORTool)
+    fission: FissionConfig = _field(default_factory=FissionConfig)  # rollout.strategy=fission
 
     def __post_init__(self) -> None:
         ROLLOUT_STRATEGIES.get(self.rollout.strategy)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,12 +39,20 @@ class RolloutBatch:
       tasks: the task of each row.
       group_ids: ``[B]`` int32 group of each row, ``0 .. num_groups-1``.
       num_groups: groups in this batch.
+      token_advantages: optional ``f(rewards [B]) -> [B, T]`` per-token advantages replacing the
+        group estimator (tree rollouts: step advantages need the rewards, known after scoring).
+      loss_mask: optional ``[B, T]`` loss mask replacing the trajectory's (tree rollouts: a
+        shared prefix token is owned by one row; fission: filler rows are all 0).
+      metrics: the strategy's own metrics for the step (``tree/*``, ``fission/*``).
     """
 
     trajectory: Trajectory
     tasks: list[ToolTask]
     group_ids: np.ndarray
     num_groups: int
+    token_advantages: Callable[[np.ndarray], np.ndarray] | None = None
+    loss_mask: np.ndarray | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class RolloutContext(Protocol):
@@ -53,6 +61,9 @@ class RolloutContext(Protocol):
     samples_per_prompt: int
     train_tasks: Sequence[ToolTask]
     train_prompts: Sequence[Sequence[int]]
+    cfg: Any  # the resolved TrainConfig (strategy sections: ``tree``, ``fission``)
+
+    def engine(self, kind: str) -> Any: ...  # the RolloutEngine ('train')
 
     def rollout(self, prompts: Sequence[Sequence[int]], group_ids: Sequence[int],
                 tasks: Sequence[ToolTask], *, seed: int) -> Trajectory: ...

@@ -318,9 +318,12 @@ class Trainer:
         b = collected.batch
         adv = _advantages(jnp.asarray(collected.scores.total), jnp.asarray(b.group_ids),
                           self.cfg.algo.advantage, b.num_groups)
+        if b.token_advantages is not None:  # per-token advantages of the strategy (trees)
+            adv = b.token_advantages(np.asarray(collected.scores.total))
         length = max(self.cfg.rollout.max_total_len, bucket(b.trajectory.tokens.shape[1]))
         return TrainBatch.from_trajectory(b.trajectory, np.asarray(adv), length=length,
-                                          pad_id=self.pad_id, row_weight=collected.train_rows)
+                                          pad_id=self.pad_id, row_weight=collected.train_rows,
+                                          loss_mask=b.loss_mask)
 
     def add_logprobs(self, state: TrainState, batch: TrainBatch, timer: StageTimer) -> TrainBatch:
         """Old log-probs (when several mini-batches reuse them) and reference log-probs (KL)."""
@@ -376,6 +379,7 @@ class Trainer:
                  sampling_shortfall=c.shortfall)
         m.update({dst: float(stats[src]) for src, dst in ROLLOUT_STATS
                   if isinstance(stats.get(src), (int, float))})
+        m.update(c.batch.metrics)  # the strategy's own (tree/*, fission/*)
         m.update(timer.metrics())
         return m
 
