@@ -41,17 +41,19 @@ from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.eval.toolrl import exact_match
 from toolrl_jax.models.registry import load_model
-from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh
+from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh, param_shardings
 from toolrl_jax.rl.advantages import compute_advantages
 from toolrl_jax.rl.train_step import Learner, TrainState, split_model
 from toolrl_jax.rollout.engine import RolloutEngine, RolloutRequest
 from toolrl_jax.rollout.sampling import SamplingConfig
-from toolrl_jax.rollout.trajectory import Trajectory
+from toolrl_jax.rollout.trajectory import Trajectory, concat_trajectories
 from toolrl_jax.rollout.turns import Environment
 from toolrl_jax.train import hooks as hooks_lib
 from toolrl_jax.train.batch import Collected, TrainBatch, informative_groups, select_groups
 from toolrl_jax.train.checkpoint import Checkpointer
 from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
+from toolrl_jax.train.distributed import (Shares, barrier, gather_rows, global_max, local_mesh,
+                                          share_seed, to_local)
 from toolrl_jax.train.environments import ENVIRONMENTS
 from toolrl_jax.train.metrics import MetricsLogger
 from toolrl_jax.train.rewards import RewardContext, Scores, score
@@ -110,7 +112,14 @@ class Trainer:
         self.run_dir = pathlib.Path(cfg.train.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         initialize_distributed_if_needed()
+        self.shares = Shares.create(cfg.train.rollout_shards, cfg.rollout.prompts_per_step)
+        if self.shares.num_shares > 1 and cfg.algo.dynamic_sampling:
+            raise ConfigError("algo.dynamic_sampling needs one rollout share (one process, "
+                              "train.rollout_shards<=1): its group selection is not split yet")
         self.mesh = make_mesh(cfg.mesh) if jax.device_count() > 1 else None
+        # rollouts: the training mesh on one process; each process's own devices with several
+        self.rollout_mesh = (self.mesh if jax.process_count() == 1
+                             else local_mesh(int(self.mesh.shape["tp"])))
         t0 = time.perf_counter()
         loaded = load_model(cfg.model.name, param_dtype=cfg.model.param_dtype,
                             dtype=cfg.model.dtype, mesh=self.mesh)
@@ -128,7 +137,8 @@ class Trainer:
         log(f"data: {json.dumps({**split.summary(cfg.data.source), 'skipped_too_long': self.train_set.skipped})}")
         longest = max(len(p) for p in self.train_set.prompts + self.heldout_set.prompts)
         self.cfg = resolve(cfg, longest_prompt=longest)
-        save_config(self.cfg, self.run_dir / "resolved_config.yaml")
+        if self.primary:
+            save_config(self.cfg, self.run_dir / "resolved_config.yaml")
         self._check_reward_capacity()
         self.environment = ENVIRONMENTS.get(cfg.env.name)(
             cfg.env, self.train_set.tasks + self.heldout_set.tasks)
@@ -148,6 +158,11 @@ class Trainer:
     @property
     def heldout_tasks(self) -> list[ToolTask]:
         return self.heldout_set.tasks
+
+    @property
+    def primary(self) -> bool:
+        """Process 0: the one that writes the run's files."""
+        return self.shares.primary
 
     @property
     def samples_per_prompt(self) -> int:
@@ -204,16 +219,29 @@ class Trainer:
             slots = max(1, min(len(self.heldout_set.prompts), r.num_slots))
             rc = dataclasses.replace(r, sampling=SamplingConfig(temperature=0.0), num_slots=slots,
                                      max_new_tokens=r.eval_max_new_tokens or r.max_new_tokens)
-        return build_engine(self.model, rc, self.environment, self.tokenizer, self.template)
+        engine = build_engine(self.model, rc, self.environment, self.tokenizer, self.template,
+                              mesh=self.rollout_mesh)
+        if jax.process_count() > 1:
+            engine.set_params(self._rollout_weights())
+        return engine
+
+    def _rollout_weights(self) -> Any:
+        """The model's state as the rollout engines hold it: as is on one process; with
+        several, a process-local copy on :attr:`rollout_mesh` (see ``train.distributed``)."""
+        full = nnx.split(self.model)[1]
+        if jax.process_count() == 1:
+            return full
+        return to_local(full, param_shardings(full, self.model_config, self.rollout_mesh))
 
     def _set_policy(self, params: Any) -> None:
         """Copies the learner's params (pure dict) into the model and the rollout engines."""
         state = nnx.state(self.model)
         nnx.replace_by_pure_dict(state, params)
         nnx.update(self.model, state)
-        full = nnx.split(self.model)[1]
-        for eng in self._engines.values():
-            eng.set_params(full)
+        if self._engines:
+            full = self._rollout_weights()
+            for eng in self._engines.values():
+                eng.set_params(full)
 
     def rollout(self, prompts: Sequence[Sequence[int]], group_ids: Sequence[int],
                 tasks: Sequence[ToolTask], *, seed: int, kind: str = "train") -> Trajectory:
@@ -244,6 +272,8 @@ class Trainer:
                 result[part] = float(np.mean(scores.parts[f"toolrl_{part}"]))
         result.update(exact_match=float(np.mean([exact_match(t, c) for t, c in zip(tasks, texts)])),
                       n=len(tasks), seconds=time.perf_counter() - t0)
+        if not self.primary:  # every process evaluates the same tasks; process 0 writes
+            return result
         if texts:
             self.log(f"held-out example {tasks[0].id!r} (step {step}): {texts[0][:400]!r}")
         with open(self.run_dir / f"eval_samples_step{step}.jsonl", "w") as f:
@@ -301,7 +331,7 @@ class Trainer:
         for k in range(a.max_sampling_rounds if a.dynamic_sampling else 1):
             idx = draw_prompts(len(self.train_set.tasks), r.prompts_per_step, step,
                                self.cfg.data.seed, k)
-            batch = self.strategy(self, PromptDraw(idx, self.rollout_seed(step, k)))
+            batch = self.rollout_shares(idx, step, k)
             scores = score(self.reward_context(batch, step))
             rounds.append((batch, scores))
             found += int(informative_groups(scores.total, batch.group_ids, batch.num_groups).sum())
@@ -314,13 +344,39 @@ class Trainer:
             return Collected(batch, scores, good[batch.group_ids], rows)
         return select_groups(rounds, r.prompts_per_step, pad_id=self.pad_id)
 
+    def rollout_shares(self, task_indices: np.ndarray, step: int, round_index: int
+                       ) -> RolloutBatch:
+        """This process's shares of the round's prompts (``train.distributed``), each rolled
+        out with its own seed, as one batch (group ids local, ``0 .. groups-1``)."""
+        base = self.rollout_seed(step, round_index)
+        parts = [self.strategy(self, PromptDraw(self.shares.prompts(task_indices, s),
+                                                share_seed(base, s)))
+                 for s in self.shares.mine]
+        return parts[0] if len(parts) == 1 else concat_rollout_batches(parts, self.pad_id)
+
+    def _group_offset(self, collected: Collected) -> int:
+        return self.shares.process_index * collected.batch.num_groups
+
     def make_batch(self, collected: Collected) -> TrainBatch:
-        """Advantages (jitted, static config) and the fixed-shape batch."""
+        """Advantages (jitted, static config) and the fixed-shape batch of this process's rows.
+
+        With several processes the rewards and group ids of every process are all-gathered
+        (``[B_global]``, small), the estimator runs on the global batch (so batch-level
+        statistics such as ``batch_norm`` are global) and each process keeps its rows."""
         b = collected.batch
-        adv = _advantages(jnp.asarray(collected.scores.total), jnp.asarray(b.group_ids),
-                          self.cfg.algo.advantage, b.num_groups)
-        length = max(self.cfg.rollout.max_total_len, bucket(b.trajectory.tokens.shape[1]))
-        return TrainBatch.from_trajectory(b.trajectory, np.asarray(adv), length=length,
+        rows = len(b.tasks)
+        if len(set(gather_rows(np.asarray([rows])).tolist())) > 1:
+            raise ConfigError("every process must roll out the same number of rows per step "
+                              "(the rollout strategy returned different counts)")
+        glob = gather_rows({"total": collected.scores.total,
+                            "groups": b.group_ids + self._group_offset(collected)})
+        adv = _advantages(jnp.asarray(glob["total"]), jnp.asarray(glob["groups"]),
+                          self.cfg.algo.advantage, b.num_groups * self.shares.process_count)
+        start = self.shares.process_index * rows
+        adv = np.asarray(adv)[start:start + rows]
+        length = max(self.cfg.rollout.max_total_len,
+                     bucket(global_max(b.trajectory.tokens.shape[1])))
+        return TrainBatch.from_trajectory(b.trajectory, adv, length=length,
                                           pad_id=self.pad_id, row_weight=collected.train_rows)
 
     def add_logprobs(self, state: TrainState, batch: TrainBatch, timer: StageTimer) -> TrainBatch:
@@ -328,6 +384,7 @@ class Trainer:
         a = self.cfg.algo
         placed = self.learner.shard_batch({"tokens": batch.tokens, "positions": batch.positions,
                                            "segment_ids": batch.segment_ids})
+        batch = batch.replace(**placed)  # on the mesh once; ppo_update keeps device arrays
         if a.ppo_minibatches > 1:
             with timer("logprobs"):
                 batch = batch.replace(old_logprobs=self.learner.compute_logprobs(
@@ -364,17 +421,28 @@ class Trainer:
 
     def step_metrics(self, c: Collected, batch: TrainBatch, updates: list[dict],
                      timer: StageTimer) -> dict:
+        """The step's metrics over the global batch (per-row values all-gathered); rollout
+        timings are this process's."""
         m = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]
              if np.ndim(updates[0][k]) == 0}
         stats = c.batch.trajectory.stats
-        m.update(c.scores.metrics())
-        m.update(accuracy=self._accuracy(c.scores),
-                 response_length=float(np.mean((np.asarray(batch.loss_mask) > 0).sum(1))),
-                 tool_calls_per_trajectory=float(np.mean(c.batch.trajectory.num_tool_calls)),
-                 constant_groups=int(c.batch.num_groups - informative_groups(
-                     c.scores.total, c.batch.group_ids, c.batch.num_groups).sum()),
-                 groups=c.batch.num_groups, sampling_rounds=c.rounds,
-                 sampling_shortfall=c.shortfall)
+        glob = gather_rows({
+            "total": c.scores.total, "components": c.scores.components, "parts": c.scores.parts,
+            "response": (np.asarray(batch.loss_mask) > 0).sum(1),
+            "tool_calls": np.asarray(c.batch.trajectory.num_tool_calls),
+            "groups": c.batch.group_ids + self._group_offset(c),
+            "local_rows": np.asarray([len(c.batch.tasks)])})
+        scores = Scores(total=glob["total"], components=glob["components"], parts=glob["parts"])
+        num_groups = c.batch.num_groups * self.shares.process_count
+        m.update(scores.metrics())
+        m.update(accuracy=self._accuracy(scores),
+                 response_length=float(np.mean(glob["response"])),
+                 tool_calls_per_trajectory=float(np.mean(glob["tool_calls"])),
+                 constant_groups=int(num_groups - informative_groups(
+                     scores.total, glob["groups"], num_groups).sum()),
+                 groups=num_groups, sampling_rounds=c.rounds,
+                 sampling_shortfall=c.shortfall, rollout_rows=int(glob["total"].shape[0]),
+                 rollout_rows_per_process=int(np.max(glob["local_rows"])))
         m.update({dst: float(stats[src]) for src, dst in ROLLOUT_STATS
                   if isinstance(stats.get(src), (int, float))})
         m.update(timer.metrics())
@@ -411,10 +479,15 @@ class Trainer:
         cfg = self.cfg
         ckpt_dir = self.run_dir / "checkpoints"
         if not cfg.train.resume and ckpt_dir.exists():
-            self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old metrics")
-            shutil.rmtree(ckpt_dir)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        metrics = MetricsLogger(self.run_dir, config=cfg.metrics)
+            barrier("toolrl_reset_check")  # every process has seen the old checkpoints
+            if self.primary:
+                self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old "
+                         "metrics")
+                shutil.rmtree(ckpt_dir)
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            barrier("toolrl_reset")
+        metrics = (MetricsLogger(self.run_dir, config=cfg.metrics) if self.primary
+                   else hooks_lib.NullMetrics())
         ckpt = Checkpointer(ckpt_dir, save_every=cfg.train.checkpoint_every,
                             keep=cfg.train.keep_checkpoints, warn=self.log)
         summary: dict = {}
@@ -454,7 +527,8 @@ class Trainer:
         finally:
             run.checkpointer.close()
             run.metrics.close()
-        (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))
+        if self.primary:
+            (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))
         return run.summary
 
 
@@ -463,10 +537,23 @@ def _advantages(rewards: jax.Array, group_ids: jax.Array, config: Any, num_group
     return compute_advantages(rewards, group_ids, config, num_groups=num_groups).advantages
 
 
+def concat_rollout_batches(parts: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Rollout batches stacked in order, group ids renumbered consecutively; the rollout
+    statistics are the first part's."""
+    offsets = np.cumsum([0] + [p.num_groups for p in parts])
+    group_ids = np.concatenate([p.group_ids + o for p, o in zip(parts, offsets)]).astype(np.int32)
+    traj = concat_trajectories([p.trajectory for p in parts], pad_id=pad_id)
+    traj = dataclasses.replace(traj, group_ids=group_ids, stats=dict(parts[0].trajectory.stats))
+    return RolloutBatch(trajectory=traj, tasks=[t for p in parts for t in p.tasks],
+                        group_ids=group_ids, num_groups=int(offsets[-1]))
+
+
 def build_engine(model: Any, config: Any, environment: Environment | None, tokenizer: Any,
-                 template: Any) -> RolloutEngine:
-    """The rollout engine for ``config`` with ``environment``'s tools (None: single-turn)."""
+                 template: Any, *, mesh: Any = None) -> RolloutEngine:
+    """The rollout engine for ``config`` with ``environment``'s tools (None: single-turn);
+    with ``mesh`` the sampler's slots are split over ``('data', 'fsdp')`` and the KV heads
+    over ``tp`` (its parameters must live on ``mesh``)."""
     if environment is None:
         config = dataclasses.replace(config, max_turns=1)
     return RolloutEngine(model, config, tokenizer=tokenizer, template=template,
-                         environment=environment)
+                         environment=environment, mesh=mesh)
