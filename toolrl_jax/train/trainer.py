@@ -292,31 +292,76 @@ class Trainer:
             raise DataError(f"no SFT example fits sft.max_tokens={s.max_tokens}")
         return examples
 
-    def sft(self, metrics: MetricsLogger, checkpointer: Checkpointer | None = None) -> dict:
-        """Warm start on ground-truth answers (assistant tokens only); returns the last metrics."""
+    def _sft_learner(self) -> tuple[SFTLearner, Any]:
+        graphdef, params = split_model(self.model)
+        s = self.cfg.sft
+        return SFTLearner(graphdef, sft_optim(self.cfg), vocab_chunk=self.cfg.algo.vocab_chunk,
+                          mesh=self.mesh, model_config=self.model_config,
+                          micro_batch_size=s.micro_batch_size), params
+
+    @functools.cached_property
+    def sft_checkpointer(self) -> Checkpointer:
+        """SFT checkpoints, ``RUN_DIR/checkpoints_sft/<sft step>`` (the last one, step
+        ``sft.steps``, holds the SFT weights: the KL reference of a resumed run)."""
+        t = self.cfg.train
+        return Checkpointer(self.run_dir / "checkpoints_sft", save_every=t.checkpoint_every,
+                            keep=t.keep_checkpoints, warn=self.log)
+
+    def sft(self, metrics: MetricsLogger, summary: dict | None = None) -> dict:
+        """Warm start on ground-truth answers (assistant tokens only); returns the last metrics.
+
+        Checkpointed every ``train.checkpoint_every`` SFT steps and at the end (SIGTERM: saved
+        at the next step); a run restarted mid-SFT continues from the newest SFT checkpoint with
+        the same batches (the example draws are replayed). With several processes each passes
+        its rows of the global batch."""
         s = self.cfg.sft
         if s.steps <= 0:
             return {}
+        summary = {} if summary is None else summary
         examples = self._sft_examples()
         length = bucket(max(len(e[0]) for e in examples))  # one shape: one compile
-        graphdef, params = split_model(self.model)
-        learner = SFTLearner(graphdef, sft_optim(self.cfg), vocab_chunk=self.cfg.algo.vocab_chunk)
-        state = learner.init_state(params, seed=self.cfg.train.seed)
+        learner, params = self._sft_learner()
+        ckpt, start = self.sft_checkpointer, 0
+        if ckpt.latest_step() is not None:
+            state, pos = ckpt.restore(learner.abstract_state(params))
+            start = int(pos.get("sft_step", ckpt.latest_step()))
+            summary.update(pos.get("summary", {}))
+            metrics.resume_at(start)
+            self.log(f"resumed SFT from {ckpt.directory} at step {start}")
+        else:
+            state = learner.init_state(params, seed=self.cfg.train.seed)
         rng = np.random.default_rng(self.cfg.train.seed)
+        count, index = self.shares.process_count, self.shares.process_index
         last: dict = {}
-        bar = tqdm(range(s.steps), desc="sft", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(range(s.steps), desc="sft", file=sys.stderr, dynamic_ncols=True,
+                   disable=not self.primary)
         for step in bar:
             idx = rng.choice(len(examples), size=min(s.batch_size, len(examples)), replace=False)
+            if step < start:
+                continue  # replayed draw of a step done before the restart
             batch = pad_examples([examples[i] for i in idx], length, self.pad_id)
+            if count > 1:
+                rows = len(idx) // count
+                batch = {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
             state, m = learner.step(state, batch)
-            if checkpointer is not None and checkpointer.preemption_requested(step):
-                self.log("SIGTERM during SFT: stopping (the SFT warm start is not checkpointed)")
-                raise SystemExit(143)
             last = {k: float(v) for k, v in jax.device_get(m).items()}
             bar.set_postfix(loss=f"{last['sft_loss']:.3f}")
             metrics.log(step + 1, last, kind="sft")
+            ckpt.step_boundary(step + 1, state, {"sft_step": step + 1, "summary": summary})
+        if ckpt.latest_step() != s.steps:
+            ckpt.save(s.steps, state, {"sft_step": s.steps, "summary": summary})
+        ckpt.wait()
         self._set_policy(state.params)
         return last
+
+    def sft_weights(self) -> Any:
+        """The SFT weights (params) of the finished SFT checkpoint, or None."""
+        if self.cfg.sft.steps <= 0 or self.sft_checkpointer.latest_step() != self.cfg.sft.steps:
+            return None
+        learner, params = self._sft_learner()
+        state, _ = self.sft_checkpointer.restore(learner.abstract_state(params),
+                                                 step=self.cfg.sft.steps)
+        return state.params
 
     # ------------------------------------------------------------------ RL stages
     def rollout_seed(self, step: int, round_index: int = 0) -> int:
@@ -397,10 +442,12 @@ class Trainer:
 
     def _reference_params(self, state: TrainState) -> Any:
         """The frozen KL reference: the policy RL starts from (captured before the first
-        update). A run resumed after an SFT warm start falls back to the restored policy."""
+        update). A run resumed after an SFT warm start uses the SFT weights of
+        ``checkpoints_sft/<sft.steps>`` (:meth:`sft_weights`); only when that checkpoint is
+        gone does it fall back to the restored policy."""
         if self._initial_params is None:
-            self.log("algo.loss.kl_coef > 0: resumed after SFT, the reference policy is the "
-                     "restored policy")
+            self.log("algo.loss.kl_coef > 0: resumed after SFT without its checkpoint "
+                     "(checkpoints_sft/), the reference policy is the restored policy")
             self._initial_params = _copy(state.params)
         return self._initial_params
 
@@ -460,11 +507,13 @@ class Trainer:
                      ) -> TrainState:
         """Evaluations before training and after SFT, the SFT warm start, a new TrainState."""
         limit = self.cfg.train.eval_limit
-        summary["before"] = before = self.evaluate(0, limit)
-        run_metrics.log(0, before, kind="eval")
-        self.log(f"eval before training: {hooks_lib.dumps(before)}")
+        mid_sft = self.cfg.sft.steps > 0 and self.sft_checkpointer.latest_step() is not None
+        if not mid_sft:  # else the SFT checkpoint holds the evaluation before training
+            summary["before"] = before = self.evaluate(0, limit)
+            run_metrics.log(0, before, kind="eval")
+            self.log(f"eval before training: {hooks_lib.dumps(before)}")
         if self.cfg.sft.steps > 0:
-            sft_metrics = self.sft(run_metrics, ckpt)
+            sft_metrics = self.sft(run_metrics, summary)
             summary["after_sft"] = after = self.evaluate(0, limit)
             run_metrics.log(0, after, kind="eval_after_sft")
             self.log(f"sft: {hooks_lib.dumps(sft_metrics)}; eval after sft: "
@@ -484,6 +533,7 @@ class Trainer:
                 self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old "
                          "metrics")
                 shutil.rmtree(ckpt_dir)
+                shutil.rmtree(self.run_dir / "checkpoints_sft", ignore_errors=True)
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             barrier("toolrl_reset")
         metrics = (MetricsLogger(self.run_dir, config=cfg.metrics) if self.primary
@@ -493,8 +543,9 @@ class Trainer:
         summary: dict = {}
         if cfg.train.resume and ckpt.latest_step() is not None:
             _, params = split_model(self.model)
-            if cfg.algo.loss.kl_coef > 0 and cfg.sft.steps <= 0:  # the loaded model
-                self._initial_params = _copy(params)
+            if cfg.algo.loss.kl_coef > 0:  # the loaded model, or the SFT weights
+                self._initial_params = (_copy(params) if cfg.sft.steps <= 0
+                                        else self.sft_weights())
             state, pos = ckpt.restore(self.learner.abstract_state(params))
             start = int(pos.get("step", int(state.step) // cfg.algo.ppo_minibatches))
             summary = dict(pos.get("summary", {}))
@@ -526,6 +577,8 @@ class Trainer:
                 hook.on_end(self, run)
         finally:
             run.checkpointer.close()
+            if "sft_checkpointer" in self.__dict__:
+                self.sft_checkpointer.close()
             run.metrics.close()
         if self.primary:
             (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))

@@ -1,0 +1,148 @@
+"""Multi-host training with real processes: 2 processes x 4 CPU devices (jax.distributed, gloo)
+started by ``scripts/launch_local.sh``, against one process with 8 devices rolling out the same
+two shares (``train.rollout_shards=2``).
+
+The reference is independent of the multi-process code path: the single process gathers
+nothing, owns both shares and builds the global batch itself, while each of the two processes
+rolls out half of the trajectories, all-gathers the rewards and trains on a batch assembled
+from both processes' rows. GRPO with ``ppo_minibatches=2`` (device-side mini-batches) and
+``kl_coef > 0`` (reference log-probs on device); the reward component ``token_hash`` of the
+driver is a function of the sampled tokens, so equal rewards mean equal samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from toolrl_jax.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DRIVER = REPO / "tests" / "train" / "_multihost_driver.py"
+COMPARED = ("reward", "reward/token_hash", "reward/toolrl", "loss", "grad_norm", "ref_kl",
+            "kl_loss", "clip_frac", "entropy", "response_length", "constant_groups")
+
+
+def _args(model_dir, out_dir, steps=3):
+    return ["train", f"model.name={model_dir}", f"train.out_dir={out_dir}",
+            f"train.steps={steps}", "train.checkpoint_every=1", "train.plot=false",
+            "data.num_train=8", "data.num_eval=2", "data.prompt_style=compact",
+            "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=8", "algo.ppo_minibatches=2", "algo.loss.kl_coef=0.01",
+            "optim.learning_rate=1e-2", "reward.components.token_hash=1.0"]
+
+
+def _env(cache_dir, **extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(cache_dir), **extra)
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _launch(num_processes, args, cache_dir, log_dir):
+    env = _env(cache_dir, TOOLRL_JAX=f"{sys.executable} {DRIVER}", LOG_DIR=str(log_dir),
+               DEVICES_PER_PROCESS="4")
+    return subprocess.Popen(["bash", str(REPO / "scripts" / "launch_local.sh"),
+                             str(num_processes), *args], env=env, cwd=REPO)
+
+
+def _single(args, cache_dir, log_file, devices=8):
+    env = _env(cache_dir, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    with open(log_file, "w") as f:
+        return subprocess.Popen([sys.executable, str(DRIVER), *args], env=env, cwd=REPO,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def _wait(proc, what, log_dir, timeout=420):
+    rc = proc.wait(timeout=timeout)
+    if rc != 0:
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(pathlib.Path(log_dir).glob("*")))
+        pytest.fail(f"{what} exited with {rc}:\n{logs}")
+
+
+def _train_records(run_dir):
+    return [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+
+
+def _assert_same(got, want, keys=COMPARED):
+    for key in keys:
+        if key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["step"], key)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """The 2-process run and its 1-process, 8-device twin (started together)."""
+    root = tmp_path_factory.mktemp("multihost")
+    cache, logs = root / "jax_cache", root / "logs"
+    logs.mkdir()
+    two = _launch(2, _args(tiny_model_dir, root / "two"), cache, logs)
+    one = _single(_args(tiny_model_dir, root / "one") + ["train.rollout_shards=2"], cache,
+                  logs / "single.log")
+    _wait(one, "the single-process run", logs)
+    _wait(two, "the 2-process run", logs)
+    return {"root": root, "two": root / "two", "one": root / "one", "cache": cache,
+            "logs": logs, "model": tiny_model_dir}
+
+
+def test_two_processes_equal_one_process_with_two_shares(runs):
+    two, one = _train_records(runs["two"]), _train_records(runs["one"])
+    assert [r["step"] for r in two] == [1, 2, 3]  # process 0 alone writes metrics.jsonl
+    assert [r["step"] for r in one] == [1, 2, 3]
+    for a, b in zip(two, one):
+        _assert_same(a, b)
+        assert a["rollout_rows"] == b["rollout_rows"] == 16
+        assert a["rollout_rows_per_process"] == 8  # each process generated half
+        assert b["rollout_rows_per_process"] == 16
+    assert two[0]["constant_groups"] < 4  # the advantages are not all zero: a real update
+    summary = json.loads((runs["two"] / "summary.json").read_text())
+    assert summary["after"]["n"] == 2
+    assert sorted(p.name for p in (runs["two"] / "checkpoints").iterdir()) == ["1", "2", "3"]
+
+
+def test_resume_on_one_process_from_a_two_process_checkpoint(runs, tmp_path):
+    """The 2-process checkpoint of step 2 restored on one process (8 devices, two shares)
+    reproduces the 2-process run's step 3."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs["two"] / "checkpoints", resumed / "checkpoints")
+    shutil.rmtree(resumed / "checkpoints" / "3")
+    shutil.copy(runs["two"] / "metrics.jsonl", resumed / "metrics.jsonl")
+    proc = _single(_args(runs["model"], resumed) + ["train.rollout_shards=2"], runs["cache"],
+                   runs["logs"] / "resumed.log")
+    _wait(proc, "the resumed single-process run", runs["logs"])
+    recs = _train_records(resumed)
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    _assert_same(recs[-1], _train_records(runs["two"])[-1])
+
+
+def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path):
+    """The trainer's rollout engine holds its KV cache on the mesh, 1/8 per device."""
+    script = (
+        "import json, sys\n"
+        "from toolrl_jax.config_io import load_config\n"
+        "from toolrl_jax.train.config import TrainConfig\n"
+        "from toolrl_jax.train.trainer import Trainer\n"
+        "cfg = load_config(TrainConfig, None, sys.argv[1:])\n"
+        "k = Trainer(cfg).engine('train').sampler.init_state(0).cache.k\n"
+        "print('KV ' + json.dumps({'shape': list(k.shape),\n"
+        "                          'shards': [list(s.data.shape) for s in k.addressable_shards]}))\n"
+    )
+    args = [a for a in _args(tiny_model_dir, tmp_path / "run")[1:] if "token_hash" not in a]
+    env = _env(tmp_path / "cache", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    kv = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("KV "))[3:])
+    layers, slots, length, heads, dim = kv["shape"]
+    assert len(kv["shards"]) == 8  # one shard per device
+    for shard in kv["shards"]:  # slots split 8 ways, everything else whole (1 KV head: no tp)
+        assert shard == [layers, slots // 8, length, heads, dim]
+    assert slots % 8 == 0
