@@ -35,15 +35,16 @@ def _args(model_dir, out_dir, steps=3):
     return ["train", f"model.name={model_dir}", f"train.out_dir={out_dir}",
             f"train.steps={steps}", "train.checkpoint_every=1", "train.plot=false",
             "data.num_train=8", "data.num_eval=2", "data.prompt_style=compact",
+            "data.min_tools=1", "data.max_tools=1",
             "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
             "rollout.max_new_tokens=8", "algo.ppo_minibatches=2", "algo.loss.kl_coef=0.01",
             "optim.learning_rate=1e-2", "reward.components.token_hash=1.0"]
 
 
 def _env(cache_dir, **extra):
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(cache_dir), **extra)
-    env.pop("XLA_FLAGS", None)
     return env
 
 
@@ -146,3 +147,52 @@ def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path
     for shard in kv["shards"]:  # slots split 8 ways, everything else whole (1 KV head: no tp)
         assert shard == [layers, slots // 8, length, heads, dim]
     assert slots % 8 == 0
+
+
+def _sft_cfg(model_dir, out_dir, micro=None):
+    from toolrl_jax.config_io import load_config
+    from toolrl_jax.train.config import TrainConfig
+
+    return load_config(TrainConfig, None, [
+        f"model.name={model_dir}", f"train.out_dir={out_dir}", "train.steps=0",
+        "train.checkpoint_every=1", "train.plot=false", "data.num_train=8", "data.num_eval=1",
+        "data.prompt_style=compact", "rollout.prompts_per_step=1", "rollout.samples_per_prompt=2",
+        "rollout.max_new_tokens=4", "sft.steps=3", "sft.batch_size=4", "sft.learning_rate=1e-2",
+        f"sft.micro_batch_size={'null' if micro is None else micro}"])
+
+
+def _sft_losses(run_dir):
+    return {r["step"]: r["sft_loss"] for r in read_metrics(run_dir) if r["kind"] == "sft"}
+
+
+def test_sft_resumes_mid_way_with_identical_losses(tiny_model_dir, tmp_path):
+    """SFT with micro-batches of 2 rows: equal to whole batches, and a run whose last SFT
+    checkpoint is gone (killed after step 2) resumes at step 2 with the same step-3 loss; the
+    finished SFT checkpoint holds the weights the KL reference is restored from."""
+    import jax
+    import numpy as np
+
+    from toolrl_jax.train.trainer import Trainer
+
+    whole = Trainer(_sft_cfg(tiny_model_dir, tmp_path / "whole"))
+    whole.train()
+    micro = Trainer(_sft_cfg(tiny_model_dir, tmp_path / "micro", micro=2))
+    micro.train()
+    want = _sft_losses(tmp_path / "whole")
+    assert sorted(want) == [1, 2, 3]
+    for step, loss in _sft_losses(tmp_path / "micro").items():
+        assert loss == pytest.approx(want[step], rel=1e-5), step
+
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "micro", killed)
+    shutil.rmtree(killed / "checkpoints_sft" / "3")
+    shutil.rmtree(killed / "checkpoints")  # the RL part never started
+    resumed = Trainer(_sft_cfg(tiny_model_dir, killed, micro=2))
+    resumed.train()
+    got = _sft_losses(killed)
+    assert sorted(got) == [1, 2, 3]
+    assert got[3] == pytest.approx(_sft_losses(tmp_path / "micro")[3], rel=1e-6, abs=1e-7)
+    ref = jax.tree.leaves(resumed.sft_weights())
+    final = jax.tree.leaves(micro.sft_weights())
+    for a, b in zip(ref, final):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
