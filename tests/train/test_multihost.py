@@ -16,8 +16,10 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,11 +50,12 @@ def _env(cache_dir, **extra):
     return env
 
 
-def _launch(num_processes, args, cache_dir, log_dir):
+def _launch(num_processes, args, cache_dir, log_dir, new_session=False):
     env = _env(cache_dir, TOOLRL_JAX=f"{sys.executable} {DRIVER}", LOG_DIR=str(log_dir),
                DEVICES_PER_PROCESS="4")
     return subprocess.Popen(["bash", str(REPO / "scripts" / "launch_local.sh"),
-                             str(num_processes), *args], env=env, cwd=REPO)
+                             str(num_processes), *args], env=env, cwd=REPO,
+                            start_new_session=new_session)
 
 
 def _single(args, cache_dir, log_file, devices=8):
@@ -122,6 +125,29 @@ def test_resume_on_one_process_from_a_two_process_checkpoint(runs, tmp_path):
     recs = _train_records(resumed)
     assert [r["step"] for r in recs] == [1, 2, 3]
     _assert_same(recs[-1], _train_records(runs["two"])[-1])
+
+
+@pytest.mark.skipif(not os.environ.get("TOOLRL_MULTIHOST_SIGKILL"),
+                    reason="~2.5 more minutes on 2 cores: set TOOLRL_MULTIHOST_SIGKILL=1")
+def test_two_process_run_killed_with_sigkill_resumes(runs, tmp_path):
+    """SIGKILL of both processes once step 1 is logged; the relaunched 2-process run resumes
+    from its newest complete checkpoint and reproduces the uninterrupted run."""
+    out = tmp_path / "killed"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proc = _launch(2, _args(runs["model"], out), runs["cache"], logs, new_session=True)
+    deadline = time.monotonic() + 400
+    while not (out / "checkpoints" / "1").exists() or not _train_records(out):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes, mid-run
+    proc.wait()
+    _wait(_launch(2, _args(runs["model"], out), runs["cache"], logs), "the resumed run", logs)
+    got, want = _train_records(out), _train_records(runs["two"])
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for a, b in zip(got, want):
+        _assert_same(a, b)
 
 
 def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path):

@@ -13,6 +13,11 @@ One step, as data::
 then the hooks (``toolrl_jax.train.hooks``): non-finite guard, metrics, held-out evaluation,
 checkpoint (Orbax; async; SIGTERM-safe), plots. Every component is chosen by name from a
 registry, so a new method is a new entry, not a branch here.
+
+Several processes (``toolrl_jax.train.distributed``): each rolls out its shares of the step's
+prompts on its own devices, rewards are scored locally and all-gathered (so advantages and
+metrics are global), each process's rows become its part of the global batch, and process 0
+alone writes the run's files; every process writes its Orbax shard.
 """
 
 from __future__ import annotations
