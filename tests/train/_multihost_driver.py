@@ -11,7 +11,7 @@ from toolrl_jax.train.rewards import REWARD_COMPONENTS, ComponentScore
 
 
 @REWARD_COMPONENTS.register("token_hash")
-def token_hash(ctx, cfg) -> ComponentScore:  # noqa: ARG001 - component signature
+def token_hash(ctx, cfg) -> ComponentScore:
     traj = ctx.trajectory
     mask = np.asarray(traj.loss_mask) > 0
     ids = np.where(mask, np.asarray(traj.tokens), 0).astype(np.int64)

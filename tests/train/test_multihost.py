@@ -165,7 +165,7 @@ def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path
     args = [a for a in _args(tiny_model_dir, tmp_path / "run")[1:] if "token_hash" not in a]
     env = _env(tmp_path / "cache", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     out = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     kv = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("KV "))[3:])
     layers, slots, length, heads, dim = kv["shape"]

@@ -46,7 +46,7 @@ class Shares:
     process_count: int = 1
 
     @classmethod
-    def create(cls, num_shares: int, prompts_per_step: int) -> "Shares":
+    def create(cls, num_shares: int, prompts_per_step: int) -> Shares:
         """``num_shares`` (0 = one per process) checked against the processes and prompts."""
         count = jax.process_count()
         shares = int(num_shares) or count

@@ -27,8 +27,15 @@ import optax
 from toolrl_jax.chat import Conversation
 from toolrl_jax.data.batching import pad_batch
 from toolrl_jax.errors import ConfigError
-from toolrl_jax.rl.train_step import (AlgoConfig, Learner, OptimConfig, TrainState,
-                                      _split_micro, make_optimizer, token_logprobs)
+from toolrl_jax.rl.train_step import (
+    AlgoConfig,
+    Learner,
+    OptimConfig,
+    TrainState,
+    _split_micro,
+    make_optimizer,
+    token_logprobs,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,7 +172,7 @@ class SFTLearner:
         return loss, grads, {"sft_loss": loss, "sft_tokens": tokens}
 
     def _train_step(self, state: TrainState, batch):
-        loss, grads, metrics = self.loss_and_grads(state.params, batch)
+        _, grads, metrics = self.loss_and_grads(state.params, batch)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))

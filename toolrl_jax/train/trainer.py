@@ -57,8 +57,15 @@ from toolrl_jax.train import hooks as hooks_lib
 from toolrl_jax.train.batch import Collected, TrainBatch, informative_groups, select_groups
 from toolrl_jax.train.checkpoint import Checkpointer
 from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
-from toolrl_jax.train.distributed import (Shares, barrier, gather_rows, global_max, local_mesh,
-                                          share_seed, to_local)
+from toolrl_jax.train.distributed import (
+    Shares,
+    barrier,
+    gather_rows,
+    global_max,
+    local_mesh,
+    share_seed,
+    to_local,
+)
 from toolrl_jax.train.environments import ENVIRONMENTS
 from toolrl_jax.train.metrics import MetricsLogger
 from toolrl_jax.train.rewards import RewardContext, Scores, score
