@@ -9,7 +9,6 @@ import pathlib
 import re
 import typing
 
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "methods.md"

@@ -3,7 +3,6 @@ intact checkpoint with a one-line warning and never deletes it."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import jax

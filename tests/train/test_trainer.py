@@ -117,7 +117,6 @@ def test_every_recipe_loads():
 
 
 def test_bad_batch_geometry_fails_before_training(tiny_model_dir, tmp_path):
-    from toolrl_jax.train.trainer import Trainer
 
     cfg = _cfg(tiny_model_dir, tmp_path, 1)
     with pytest.raises(ConfigError, match="ppo_minibatches=3 must divide"):

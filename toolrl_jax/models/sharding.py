@@ -228,6 +228,9 @@ def initialize_distributed_if_needed() -> bool:
     auto-detects the coordinator in the cluster cases. Otherwise (one host: CPU, one GPU,
     a single-host TPU VM) it does nothing. Must run before any other JAX call; safe to call
     twice. Returns True when the distributed runtime is (now) initialised.
+
+    On CPU (``JAX_PLATFORMS=cpu``, e.g. ``scripts/launch_local.sh``) cross-process collectives
+    need an implementation: gloo is selected (``jax_cpu_collectives_implementation``).
     """
     if jax.distributed.is_initialized():
         return True
@@ -242,5 +245,7 @@ def initialize_distributed_if_needed() -> bool:
             kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
         if env.get("JAX_PROCESS_ID"):
             kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    if env.get("JAX_PLATFORMS", "").split(",")[0].strip() == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True

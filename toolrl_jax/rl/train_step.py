@@ -356,14 +356,24 @@ class Learner:
 
         Single process: ``device_put`` of the global batch. Several processes (multi-host):
         each process passes its own rows and they are assembled with
-        ``jax.make_array_from_process_local_data``.
+        ``jax.make_array_from_process_local_data``. Arrays already on the batch sharding
+        (e.g. old / reference log-probs from :meth:`compute_logprobs`) are kept as they are,
+        so nothing is fetched to a host.
         """
         batch = {k: v for k, v in batch.items() if v is not None}
         if self.mesh is None:
             return {k: jnp.asarray(v) for k, v in batch.items()}
+        placed = {k: v for k, v in batch.items() if isinstance(v, jax.Array)
+                  and not isinstance(v, jax.core.Tracer) and v.sharding == self.batch_sharding}
+        host = {k: v for k, v in batch.items() if k not in placed}
+        if not host:
+            return placed
+        return {**self._place_host_rows(host), **placed}
+
+    def _place_host_rows(self, batch: Batch) -> dict:
         sh = self.batch_sharding
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        rows = int(np.shape(batch["tokens"])[0]) * jax.process_count()
+        rows = int(np.shape(next(iter(batch.values())))[0]) * jax.process_count()
         if rows % shards:
             raise ConfigError(
                 f"batch of {rows} rows is not divisible by data*fsdp={shards} mesh devices; "
@@ -575,7 +585,12 @@ class Learner:
         epochs: int = 1,
         shuffle_seed: int | None = None,
     ) -> tuple[TrainState, list[dict]]:
-        """Several optimizer steps on one rollout batch (host loop).
+        """Several optimizer steps on one rollout batch (host loop over device mini-batches).
+
+        The batch is placed on the mesh once (:meth:`shard_batch`; with several processes each
+        passes its own rows and device arrays are kept); mini-batches are selected on device
+        (a jitted slice / gather whose output stays sharded over ``('data', 'fsdp')``), so no
+        array that another process owns is ever fetched.
 
         ``old_logprobs`` are computed once with the current params (unless the batch has them)
         when more than one step will be taken; each mini-batch is ``B / num_mini_batches``
@@ -585,25 +600,48 @@ class Learner:
         Returns:
           ``(state, [metrics of each step])`` (metrics stay on device; ``jax.device_get`` them).
         """
-        batch = {k: v for k, v in batch.items() if v is not None}
-        bsz = int(np.shape(batch["tokens"])[0])
+        batch = self.shard_batch(batch)  # host rows -> the mesh; device arrays stay put
+        bsz = int(batch["tokens"].shape[0])  # global rows
         if num_mini_batches < 1 or bsz % num_mini_batches:
             raise ConfigError(
                 f"ppo mini-batches: {num_mini_batches} must divide the rollout batch size {bsz}"
             )
         if "old_logprobs" not in batch and (num_mini_batches > 1 or epochs > 1):
-            placed = self.shard_batch({k: batch[k] for k in ("tokens", "positions", "segment_ids")
-                                       if k in batch})
-            batch["old_logprobs"] = self.compute_logprobs(state.params, placed)["logprobs"]
-        host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
+            batch["old_logprobs"] = self.compute_logprobs(state.params, batch)["logprobs"]
         size = bsz // num_mini_batches
         rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
         all_metrics = []
         for _ in range(epochs):
-            order = rng.permutation(bsz) if rng is not None else np.arange(bsz)
+            order = rng.permutation(bsz) if rng is not None else None
             for i in range(num_mini_batches):
-                idx = order[i * size:(i + 1) * size]
-                mini = self.shard_batch({k: v[idx] for k, v in host.items()})
+                if num_mini_batches == 1 and order is None:
+                    mini = batch
+                elif order is None:
+                    mini = self._rows_slice(batch, i * size, size)
+                else:
+                    mini = self._rows_take(batch, np.asarray(order[i * size:(i + 1) * size],
+                                                             np.int32))
                 state, metrics = self.train_step(state, mini)
                 all_metrics.append(metrics)
         return state, all_metrics
+
+    # ------------------------------------------------------------------ on-device row selection
+    def _row_fn(self, name: str, fn: Callable, static: tuple = ()) -> Callable:
+        """``fn`` jitted once, its outputs on :attr:`batch_sharding` (rows over data x fsdp)."""
+        cache = self.__dict__.setdefault("_row_fns", {})
+        if name not in cache:
+            kw = {} if self.mesh is None else {"out_shardings": self.batch_sharding}
+            cache[name] = jax.jit(fn, static_argnums=static, **kw)
+        return cache[name]
+
+    def _rows_slice(self, batch: Batch, start: int, size: int) -> dict:
+        """Rows ``[start, start + size)`` of a device batch, selected on device (no host copy
+        of arrays that other processes own); the result stays sharded over the rows."""
+        fn = self._row_fn("slice", lambda b, s, n: jax.tree.map(
+            lambda x: jax.lax.dynamic_slice_in_dim(x, s, n, axis=0), b), static=(2,))
+        return fn(dict(batch), jnp.asarray(start, jnp.int32), size)
+
+    def _rows_take(self, batch: Batch, idx: np.ndarray) -> dict:
+        """Rows ``idx`` (``[size]`` int32, the same on every process) of a device batch."""
+        fn = self._row_fn("take", lambda b, i: jax.tree.map(lambda x: x[i], b))
+        return fn(dict(batch), jnp.asarray(idx))

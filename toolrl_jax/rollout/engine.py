@@ -244,6 +244,8 @@ class RolloutEngine:
         triggering tools), added to those from the environment's strings.
       init_cache: passed to the sampler (tests with fake models).
       jit_wrapper: passed to the sampler.
+      mesh: passed to the sampler: slots over ``('data', 'fsdp')``, KV heads over ``tp`` (the
+        model's parameters must live on it).
     """
 
     def __init__(
@@ -259,6 +261,7 @@ class RolloutEngine:
         tool_stop_sequences: Sequence[Sequence[int]] = (),
         init_cache: Callable | None = None,
         jit_wrapper: Callable | None = None,
+        mesh: Any = None,
     ):
         if config.max_turns > 1 and environment is None:
             raise ConfigError(
@@ -287,6 +290,7 @@ class RolloutEngine:
             stop_sequences=tool_seqs + end_seqs,
             init_cache=init_cache,
             jit_wrapper=jit_wrapper,
+            mesh=mesh,
         )
 
     # ------------------------------------------------------------------ construction

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ast
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from toolrl_jax.toolcalls.types import ToolCall

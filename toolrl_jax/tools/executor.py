@@ -30,7 +30,7 @@ import json
 import threading
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from toolrl_jax.toolcalls.types import ErrorKind, ToolCall, ToolResult
 from toolrl_jax.tools.base import Tool, ToolEnvironment, validate_arguments

@@ -62,6 +62,10 @@ class RunConfig:
       keep_checkpoints: newest checkpoints kept.
       resume: continue from the newest checkpoint in ``out_dir`` (false: start over).
       plot: write PNG plots at the end.
+      rollout_shards: the step's prompts are split into this many shares, each rolled out
+        with its own PRNG stream (a function of step, round and share); process ``p`` of ``P``
+        takes shares ``[p*S/P, (p+1)*S/P)``. 0 = one share per process. A single process with
+        ``rollout_shards=P`` reproduces a ``P``-process run exactly.
     """
 
     steps: int = 105
@@ -73,9 +77,10 @@ class RunConfig:
     keep_checkpoints: int = 3
     resume: bool = True
     plot: bool = True
+    rollout_shards: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "eval_limit"):
+        for name in ("steps", "eval_every", "eval_limit", "rollout_shards"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("checkpoint_every", "keep_checkpoints"):

@@ -45,6 +45,19 @@ class RunState:
         return {"step": int(step), "summary": self.summary}
 
 
+class NullMetrics:
+    """The metrics logger of processes other than 0 (only process 0 writes the run's files)."""
+
+    def log(self, step: int, metrics: dict, *, kind: str = "train") -> dict:
+        return dict(metrics, step=step, kind=kind)
+
+    def resume_at(self, step: int, **_: Any) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 class Hook:
     """Base hook: override what you need."""
 
@@ -137,6 +150,8 @@ class Plot(Hook):
     every = 0
 
     def on_end(self, trainer, run):
+        if not getattr(trainer, "primary", True):
+            return
         try:
             run.summary["plots"] = [str(p) for p in plot_run(trainer.run_dir)]
         except ImportError:

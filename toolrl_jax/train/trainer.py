@@ -13,6 +13,11 @@ One step, as data::
 then the hooks (``toolrl_jax.train.hooks``): non-finite guard, metrics, held-out evaluation,
 checkpoint (Orbax; async; SIGTERM-safe), plots. Every component is chosen by name from a
 registry, so a new method is a new entry, not a branch here.
+
+Several processes (``toolrl_jax.train.distributed``): each rolls out its shares of the step's
+prompts on its own devices, rewards are scored locally and all-gathered (so advantages and
+metrics are global), each process's rows become its part of the global batch, and process 0
+alone writes the run's files; every process writes its Orbax shard.
 """
 
 from __future__ import annotations
@@ -40,17 +45,26 @@ from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.eval.toolrl import exact_match
 from toolrl_jax.models.registry import load_model
-from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh
+from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh, param_shardings
 from toolrl_jax.rl.advantages import compute_advantages
 from toolrl_jax.rl.train_step import Learner, TrainState, split_model
 from toolrl_jax.rollout.engine import RolloutEngine, RolloutRequest
 from toolrl_jax.rollout.sampling import SamplingConfig
-from toolrl_jax.rollout.trajectory import Trajectory
+from toolrl_jax.rollout.trajectory import Trajectory, concat_trajectories
 from toolrl_jax.rollout.turns import Environment
 from toolrl_jax.train import hooks as hooks_lib
 from toolrl_jax.train.batch import Collected, TrainBatch, informative_groups, select_groups
 from toolrl_jax.train.checkpoint import Checkpointer
 from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
+from toolrl_jax.train.distributed import (
+    Shares,
+    barrier,
+    gather_rows,
+    global_max,
+    local_mesh,
+    share_seed,
+    to_local,
+)
 from toolrl_jax.train.environments import ENVIRONMENTS
 from toolrl_jax.train.metrics import MetricsLogger
 from toolrl_jax.train.rewards import RewardContext, Scores, score
@@ -110,7 +124,14 @@ class Trainer:
         self.run_dir = pathlib.Path(cfg.train.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         initialize_distributed_if_needed()
+        self.shares = Shares.create(cfg.train.rollout_shards, cfg.rollout.prompts_per_step)
+        if self.shares.num_shares > 1 and cfg.algo.dynamic_sampling:
+            raise ConfigError("algo.dynamic_sampling needs one rollout share (one process, "
+                              "train.rollout_shards<=1): its group selection is not split yet")
         self.mesh = make_mesh(cfg.mesh) if jax.device_count() > 1 else None
+        # rollouts: the training mesh on one process; each process's own devices with several
+        self.rollout_mesh = (self.mesh if jax.process_count() == 1
+                             else local_mesh(int(self.mesh.shape["tp"])))
         t0 = time.perf_counter()
         loaded = load_model(cfg.model.name, param_dtype=cfg.model.param_dtype,
                             dtype=cfg.model.dtype, mesh=self.mesh)
@@ -128,7 +149,8 @@ class Trainer:
         log(f"data: {json.dumps({**split.summary(cfg.data.source), 'skipped_too_long': self.train_set.skipped})}")
         longest = max(len(p) for p in self.train_set.prompts + self.heldout_set.prompts)
         self.cfg = resolve(cfg, longest_prompt=longest)
-        save_config(self.cfg, self.run_dir / "resolved_config.yaml")
+        if self.primary:
+            save_config(self.cfg, self.run_dir / "resolved_config.yaml")
         self._check_reward_capacity()
         self.environment = ENVIRONMENTS.get(cfg.env.name)(
             cfg.env, self.train_set.tasks + self.heldout_set.tasks)
@@ -148,6 +170,11 @@ class Trainer:
     @property
     def heldout_tasks(self) -> list[ToolTask]:
         return self.heldout_set.tasks
+
+    @property
+    def primary(self) -> bool:
+        """Process 0: the one that writes the run's files."""
+        return self.shares.primary
 
     @property
     def samples_per_prompt(self) -> int:
@@ -204,16 +231,29 @@ class Trainer:
             slots = max(1, min(len(self.heldout_set.prompts), r.num_slots))
             rc = dataclasses.replace(r, sampling=SamplingConfig(temperature=0.0), num_slots=slots,
                                      max_new_tokens=r.eval_max_new_tokens or r.max_new_tokens)
-        return build_engine(self.model, rc, self.environment, self.tokenizer, self.template)
+        engine = build_engine(self.model, rc, self.environment, self.tokenizer, self.template,
+                              mesh=self.rollout_mesh)
+        if jax.process_count() > 1:
+            engine.set_params(self._rollout_weights())
+        return engine
+
+    def _rollout_weights(self) -> Any:
+        """The model's state as the rollout engines hold it: as is on one process; with
+        several, a process-local copy on :attr:`rollout_mesh` (see ``train.distributed``)."""
+        full = nnx.split(self.model)[1]
+        if jax.process_count() == 1:
+            return full
+        return to_local(full, param_shardings(full, self.model_config, self.rollout_mesh))
 
     def _set_policy(self, params: Any) -> None:
         """Copies the learner's params (pure dict) into the model and the rollout engines."""
         state = nnx.state(self.model)
         nnx.replace_by_pure_dict(state, params)
         nnx.update(self.model, state)
-        full = nnx.split(self.model)[1]
-        for eng in self._engines.values():
-            eng.set_params(full)
+        if self._engines:
+            full = self._rollout_weights()
+            for eng in self._engines.values():
+                eng.set_params(full)
 
     def rollout(self, prompts: Sequence[Sequence[int]], group_ids: Sequence[int],
                 tasks: Sequence[ToolTask], *, seed: int, kind: str = "train") -> Trajectory:
@@ -244,6 +284,8 @@ class Trainer:
                 result[part] = float(np.mean(scores.parts[f"toolrl_{part}"]))
         result.update(exact_match=float(np.mean([exact_match(t, c) for t, c in zip(tasks, texts)])),
                       n=len(tasks), seconds=time.perf_counter() - t0)
+        if not self.primary:  # every process evaluates the same tasks; process 0 writes
+            return result
         if texts:
             self.log(f"held-out example {tasks[0].id!r} (step {step}): {texts[0][:400]!r}")
         with open(self.run_dir / f"eval_samples_step{step}.jsonl", "w") as f:
@@ -261,31 +303,76 @@ class Trainer:
             raise DataError(f"no SFT example fits sft.max_tokens={s.max_tokens}")
         return examples
 
-    def sft(self, metrics: MetricsLogger, checkpointer: Checkpointer | None = None) -> dict:
-        """Warm start on ground-truth answers (assistant tokens only); returns the last metrics."""
+    def _sft_learner(self) -> tuple[SFTLearner, Any]:
+        graphdef, params = split_model(self.model)
+        s = self.cfg.sft
+        return SFTLearner(graphdef, sft_optim(self.cfg), vocab_chunk=self.cfg.algo.vocab_chunk,
+                          mesh=self.mesh, model_config=self.model_config,
+                          micro_batch_size=s.micro_batch_size), params
+
+    @functools.cached_property
+    def sft_checkpointer(self) -> Checkpointer:
+        """SFT checkpoints, ``RUN_DIR/checkpoints_sft/<sft step>`` (the last one, step
+        ``sft.steps``, holds the SFT weights: the KL reference of a resumed run)."""
+        t = self.cfg.train
+        return Checkpointer(self.run_dir / "checkpoints_sft", save_every=t.checkpoint_every,
+                            keep=t.keep_checkpoints, warn=self.log)
+
+    def sft(self, metrics: MetricsLogger, summary: dict | None = None) -> dict:
+        """Warm start on ground-truth answers (assistant tokens only); returns the last metrics.
+
+        Checkpointed every ``train.checkpoint_every`` SFT steps and at the end (SIGTERM: saved
+        at the next step); a run restarted mid-SFT continues from the newest SFT checkpoint with
+        the same batches (the example draws are replayed). With several processes each passes
+        its rows of the global batch."""
         s = self.cfg.sft
         if s.steps <= 0:
             return {}
+        summary = {} if summary is None else summary
         examples = self._sft_examples()
         length = bucket(max(len(e[0]) for e in examples))  # one shape: one compile
-        graphdef, params = split_model(self.model)
-        learner = SFTLearner(graphdef, sft_optim(self.cfg), vocab_chunk=self.cfg.algo.vocab_chunk)
-        state = learner.init_state(params, seed=self.cfg.train.seed)
+        learner, params = self._sft_learner()
+        ckpt, start = self.sft_checkpointer, 0
+        if ckpt.latest_step() is not None:
+            state, pos = ckpt.restore(learner.abstract_state(params))
+            start = int(pos.get("sft_step", ckpt.latest_step()))
+            summary.update(pos.get("summary", {}))
+            metrics.resume_at(start)
+            self.log(f"resumed SFT from {ckpt.directory} at step {start}")
+        else:
+            state = learner.init_state(params, seed=self.cfg.train.seed)
         rng = np.random.default_rng(self.cfg.train.seed)
+        count, index = self.shares.process_count, self.shares.process_index
         last: dict = {}
-        bar = tqdm(range(s.steps), desc="sft", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(range(s.steps), desc="sft", file=sys.stderr, dynamic_ncols=True,
+                   disable=not self.primary)
         for step in bar:
             idx = rng.choice(len(examples), size=min(s.batch_size, len(examples)), replace=False)
+            if step < start:
+                continue  # replayed draw of a step done before the restart
             batch = pad_examples([examples[i] for i in idx], length, self.pad_id)
+            if count > 1:
+                rows = len(idx) // count
+                batch = {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
             state, m = learner.step(state, batch)
-            if checkpointer is not None and checkpointer.preemption_requested(step):
-                self.log("SIGTERM during SFT: stopping (the SFT warm start is not checkpointed)")
-                raise SystemExit(143)
             last = {k: float(v) for k, v in jax.device_get(m).items()}
             bar.set_postfix(loss=f"{last['sft_loss']:.3f}")
             metrics.log(step + 1, last, kind="sft")
+            ckpt.step_boundary(step + 1, state, {"sft_step": step + 1, "summary": summary})
+        if ckpt.latest_step() != s.steps:
+            ckpt.save(s.steps, state, {"sft_step": s.steps, "summary": summary})
+        ckpt.wait()
         self._set_policy(state.params)
         return last
+
+    def sft_weights(self) -> Any:
+        """The SFT weights (params) of the finished SFT checkpoint, or None."""
+        if self.cfg.sft.steps <= 0 or self.sft_checkpointer.latest_step() != self.cfg.sft.steps:
+            return None
+        learner, params = self._sft_learner()
+        state, _ = self.sft_checkpointer.restore(learner.abstract_state(params),
+                                                 step=self.cfg.sft.steps)
+        return state.params
 
     # ------------------------------------------------------------------ RL stages
     def rollout_seed(self, step: int, round_index: int = 0) -> int:
@@ -300,7 +387,7 @@ class Trainer:
         for k in range(a.max_sampling_rounds if a.dynamic_sampling else 1):
             idx = draw_prompts(len(self.train_set.tasks), r.prompts_per_step, step,
                                self.cfg.data.seed, k)
-            batch = self.strategy(self, PromptDraw(idx, self.rollout_seed(step, k)))
+            batch = self.rollout_shares(idx, step, k)
             scores = score(self.reward_context(batch, step))
             rounds.append((batch, scores))
             found += int(informative_groups(scores.total, batch.group_ids, batch.num_groups).sum())
@@ -313,15 +400,42 @@ class Trainer:
             return Collected(batch, scores, good[batch.group_ids], rows)
         return select_groups(rounds, r.prompts_per_step, pad_id=self.pad_id)
 
+    def rollout_shares(self, task_indices: np.ndarray, step: int, round_index: int
+                       ) -> RolloutBatch:
+        """This process's shares of the round's prompts (``train.distributed``), each rolled
+        out with its own seed, as one batch (group ids local, ``0 .. groups-1``)."""
+        base = self.rollout_seed(step, round_index)
+        parts = [self.strategy(self, PromptDraw(self.shares.prompts(task_indices, s),
+                                                share_seed(base, s)))
+                 for s in self.shares.mine]
+        return parts[0] if len(parts) == 1 else concat_rollout_batches(parts, self.pad_id)
+
+    def _group_offset(self, collected: Collected) -> int:
+        return self.shares.process_index * collected.batch.num_groups
+
     def make_batch(self, collected: Collected) -> TrainBatch:
-        """Advantages (jitted, static config) and the fixed-shape batch."""
+        """Advantages (jitted, static config) and the fixed-shape batch of this process's rows.
+
+        With several processes the rewards and group ids of every process are all-gathered
+        (``[B_global]``, small), the estimator runs on the global batch (so batch-level
+        statistics such as ``batch_norm`` are global) and each process keeps its rows."""
         b = collected.batch
-        adv = _advantages(jnp.asarray(collected.scores.total), jnp.asarray(b.group_ids),
-                          self.cfg.algo.advantage, b.num_groups)
+        rows = len(b.tasks)
+        if len(set(gather_rows(np.asarray([rows])).tolist())) > 1:
+            raise ConfigError("every process must roll out the same number of rows per step "
+                              "(the rollout strategy returned different counts)")
         if b.token_advantages is not None:  # per-token advantages of the strategy (trees)
-            adv = b.token_advantages(np.asarray(collected.scores.total))
-        length = max(self.cfg.rollout.max_total_len, bucket(b.trajectory.tokens.shape[1]))
-        return TrainBatch.from_trajectory(b.trajectory, np.asarray(adv), length=length,
+            adv = np.asarray(b.token_advantages(np.asarray(collected.scores.total)))
+        else:
+            glob = gather_rows({"total": collected.scores.total,
+                                "groups": b.group_ids + self._group_offset(collected)})
+            adv = _advantages(jnp.asarray(glob["total"]), jnp.asarray(glob["groups"]),
+                              self.cfg.algo.advantage, b.num_groups * self.shares.process_count)
+            start = self.shares.process_index * rows
+            adv = np.asarray(adv)[start:start + rows]
+        length = max(self.cfg.rollout.max_total_len,
+                     bucket(global_max(b.trajectory.tokens.shape[1])))
+        return TrainBatch.from_trajectory(b.trajectory, adv, length=length,
                                           pad_id=self.pad_id, row_weight=collected.train_rows,
                                           loss_mask=b.loss_mask)
 
@@ -330,6 +444,7 @@ class Trainer:
         a = self.cfg.algo
         placed = self.learner.shard_batch({"tokens": batch.tokens, "positions": batch.positions,
                                            "segment_ids": batch.segment_ids})
+        batch = batch.replace(**placed)  # on the mesh once; ppo_update keeps device arrays
         if a.ppo_minibatches > 1:
             with timer("logprobs"):
                 batch = batch.replace(old_logprobs=self.learner.compute_logprobs(
@@ -342,10 +457,12 @@ class Trainer:
 
     def _reference_params(self, state: TrainState) -> Any:
         """The frozen KL reference: the policy RL starts from (captured before the first
-        update). A run resumed after an SFT warm start falls back to the restored policy."""
+        update). A run resumed after an SFT warm start uses the SFT weights of
+        ``checkpoints_sft/<sft.steps>`` (:meth:`sft_weights`); only when that checkpoint is
+        gone does it fall back to the restored policy."""
         if self._initial_params is None:
-            self.log("algo.loss.kl_coef > 0: resumed after SFT, the reference policy is the "
-                     "restored policy")
+            self.log("algo.loss.kl_coef > 0: resumed after SFT without its checkpoint "
+                     "(checkpoints_sft/), the reference policy is the restored policy")
             self._initial_params = _copy(state.params)
         return self._initial_params
 
@@ -366,17 +483,28 @@ class Trainer:
 
     def step_metrics(self, c: Collected, batch: TrainBatch, updates: list[dict],
                      timer: StageTimer) -> dict:
+        """The step's metrics over the global batch (per-row values all-gathered); rollout
+        timings are this process's."""
         m = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]
              if np.ndim(updates[0][k]) == 0}
         stats = c.batch.trajectory.stats
-        m.update(c.scores.metrics())
-        m.update(accuracy=self._accuracy(c.scores),
-                 response_length=float(np.mean((np.asarray(batch.loss_mask) > 0).sum(1))),
-                 tool_calls_per_trajectory=float(np.mean(c.batch.trajectory.num_tool_calls)),
-                 constant_groups=int(c.batch.num_groups - informative_groups(
-                     c.scores.total, c.batch.group_ids, c.batch.num_groups).sum()),
-                 groups=c.batch.num_groups, sampling_rounds=c.rounds,
-                 sampling_shortfall=c.shortfall)
+        glob = gather_rows({
+            "total": c.scores.total, "components": c.scores.components, "parts": c.scores.parts,
+            "response": (np.asarray(batch.loss_mask) > 0).sum(1),
+            "tool_calls": np.asarray(c.batch.trajectory.num_tool_calls),
+            "groups": c.batch.group_ids + self._group_offset(c),
+            "local_rows": np.asarray([len(c.batch.tasks)])})
+        scores = Scores(total=glob["total"], components=glob["components"], parts=glob["parts"])
+        num_groups = c.batch.num_groups * self.shares.process_count
+        m.update(scores.metrics())
+        m.update(accuracy=self._accuracy(scores),
+                 response_length=float(np.mean(glob["response"])),
+                 tool_calls_per_trajectory=float(np.mean(glob["tool_calls"])),
+                 constant_groups=int(num_groups - informative_groups(
+                     scores.total, glob["groups"], num_groups).sum()),
+                 groups=num_groups, sampling_rounds=c.rounds,
+                 sampling_shortfall=c.shortfall, rollout_rows=int(glob["total"].shape[0]),
+                 rollout_rows_per_process=int(np.max(glob["local_rows"])))
         m.update({dst: float(stats[src]) for src, dst in ROLLOUT_STATS
                   if isinstance(stats.get(src), (int, float))})
         m.update(c.batch.metrics)  # the strategy's own (tree/*, fission/*)
@@ -395,11 +523,13 @@ class Trainer:
                      ) -> TrainState:
         """Evaluations before training and after SFT, the SFT warm start, a new TrainState."""
         limit = self.cfg.train.eval_limit
-        summary["before"] = before = self.evaluate(0, limit)
-        run_metrics.log(0, before, kind="eval")
-        self.log(f"eval before training: {hooks_lib.dumps(before)}")
+        mid_sft = self.cfg.sft.steps > 0 and self.sft_checkpointer.latest_step() is not None
+        if not mid_sft:  # else the SFT checkpoint holds the evaluation before training
+            summary["before"] = before = self.evaluate(0, limit)
+            run_metrics.log(0, before, kind="eval")
+            self.log(f"eval before training: {hooks_lib.dumps(before)}")
         if self.cfg.sft.steps > 0:
-            sft_metrics = self.sft(run_metrics, ckpt)
+            sft_metrics = self.sft(run_metrics, summary)
             summary["after_sft"] = after = self.evaluate(0, limit)
             run_metrics.log(0, after, kind="eval_after_sft")
             self.log(f"sft: {hooks_lib.dumps(sft_metrics)}; eval after sft: "
@@ -414,17 +544,24 @@ class Trainer:
         cfg = self.cfg
         ckpt_dir = self.run_dir / "checkpoints"
         if not cfg.train.resume and ckpt_dir.exists():
-            self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old metrics")
-            shutil.rmtree(ckpt_dir)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        metrics = MetricsLogger(self.run_dir, config=cfg.metrics)
+            barrier("toolrl_reset_check")  # every process has seen the old checkpoints
+            if self.primary:
+                self.log(f"train.resume=false: starting over, removing {ckpt_dir} and old "
+                         "metrics")
+                shutil.rmtree(ckpt_dir)
+                shutil.rmtree(self.run_dir / "checkpoints_sft", ignore_errors=True)
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            barrier("toolrl_reset")
+        metrics = (MetricsLogger(self.run_dir, config=cfg.metrics) if self.primary
+                   else hooks_lib.NullMetrics())
         ckpt = Checkpointer(ckpt_dir, save_every=cfg.train.checkpoint_every,
                             keep=cfg.train.keep_checkpoints, warn=self.log)
         summary: dict = {}
         if cfg.train.resume and ckpt.latest_step() is not None:
             _, params = split_model(self.model)
-            if cfg.algo.loss.kl_coef > 0 and cfg.sft.steps <= 0:  # the loaded model
-                self._initial_params = _copy(params)
+            if cfg.algo.loss.kl_coef > 0:  # the loaded model, or the SFT weights
+                self._initial_params = (_copy(params) if cfg.sft.steps <= 0
+                                        else self.sft_weights())
             state, pos = ckpt.restore(self.learner.abstract_state(params))
             start = int(pos.get("step", int(state.step) // cfg.algo.ppo_minibatches))
             summary = dict(pos.get("summary", {}))
@@ -456,8 +593,11 @@ class Trainer:
                 hook.on_end(self, run)
         finally:
             run.checkpointer.close()
+            if "sft_checkpointer" in self.__dict__:
+                self.sft_checkpointer.close()
             run.metrics.close()
-        (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))
+        if self.primary:
+            (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))
         return run.summary
 
 
@@ -466,10 +606,23 @@ def _advantages(rewards: jax.Array, group_ids: jax.Array, config: Any, num_group
     return compute_advantages(rewards, group_ids, config, num_groups=num_groups).advantages
 
 
+def concat_rollout_batches(parts: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Rollout batches stacked in order, group ids renumbered consecutively; the rollout
+    statistics are the first part's."""
+    offsets = np.cumsum([0] + [p.num_groups for p in parts])
+    group_ids = np.concatenate([p.group_ids + o for p, o in zip(parts, offsets)]).astype(np.int32)
+    traj = concat_trajectories([p.trajectory for p in parts], pad_id=pad_id)
+    traj = dataclasses.replace(traj, group_ids=group_ids, stats=dict(parts[0].trajectory.stats))
+    return RolloutBatch(trajectory=traj, tasks=[t for p in parts for t in p.tasks],
+                        group_ids=group_ids, num_groups=int(offsets[-1]))
+
+
 def build_engine(model: Any, config: Any, environment: Environment | None, tokenizer: Any,
-                 template: Any) -> RolloutEngine:
-    """The rollout engine for ``config`` with ``environment``'s tools (None: single-turn)."""
+                 template: Any, *, mesh: Any = None) -> RolloutEngine:
+    """The rollout engine for ``config`` with ``environment``'s tools (None: single-turn);
+    with ``mesh`` the sampler's slots are split over ``('data', 'fsdp')`` and the KV heads
+    over ``tp`` (its parameters must live on ``mesh``)."""
     if environment is None:
         config = dataclasses.replace(config, max_turns=1)
     return RolloutEngine(model, config, tokenizer=tokenizer, template=template,
-                         environment=environment)
+                         environment=environment, mesh=mesh)
