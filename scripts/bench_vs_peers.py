@@ -117,11 +117,11 @@ def _train_batch(vocab: int, b: int, t: int) -> dict:
 
 def ours_train(model, config, batch: dict):
     from toolrl_jax.rl.losses import LossConfig
-    from toolrl_jax.rl.train_step import GRPOConfig, Learner, OptimConfig, split_model
+    from toolrl_jax.rl.train_step import AlgoConfig, Learner, OptimConfig, split_model
 
     graphdef, params = split_model(model)
-    cfg = GRPOConfig(loss=LossConfig(entropy_coef=0.0), optim=OptimConfig(learning_rate=1e-6))
-    learner = Learner(graphdef, config, cfg)
+    learner = Learner(graphdef, config, AlgoConfig(loss=LossConfig(entropy_coef=0.0)),
+                      OptimConfig(learning_rate=1e-6))
     holder = {"state": learner.init_state(jax.tree.map(lambda x: x.copy(), params))}
     dev_batch = learner.shard_batch(batch)
 

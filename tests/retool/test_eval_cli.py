@@ -7,25 +7,6 @@ import json
 import pytest
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from flax import nnx
-
-    from toolrl_jax.chat import find_test_tokenizer, load_tokenizer
-    from toolrl_jax.models.config import ModelConfig
-    from toolrl_jax.models.decoder import Decoder
-    from toolrl_jax.models.export import export_hf_dir
-
-    tok = load_tokenizer(find_test_tokenizer("smollm2"))
-    cfg = ModelConfig.tiny("llama", vocab_size=len(tok), num_layers=1, hidden_size=32,
-                           intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16,
-                           tie_word_embeddings=True,
-                           eos_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
-    out = tmp_path_factory.mktemp("tiny_smol_math")
-    export_hf_dir(Decoder(cfg, rngs=nnx.Rngs(0)), cfg, out, tokenizer=tok)
-    return out
-
-
 @pytest.mark.slow  # ~50 s on 2 cores (compiles)
 def test_eval_math_aime24_prints_table_and_writes_json(tiny_model_dir, tmp_path, capsys):
     from toolrl_jax.cli import main

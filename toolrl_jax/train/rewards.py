@@ -203,6 +203,21 @@ def score(ctx: RewardContext) -> Scores:
     return Scores(total=total, components=components, parts=parts)
 
 
+def check_reward_capacity(cfg: RewardConfig, tasks: Sequence[ToolTask]) -> None:
+    """The ToolRL reward's static shapes must hold every ground truth: fail when the data is
+    loaded, naming the key, not mid-run."""
+    if "toolrl" not in cfg.active:
+        return
+    r = cfg.toolrl
+    calls = max((len(t.ground_truth_calls) for t in tasks), default=0)
+    args = max((len(c.get("arguments") or {}) for t in tasks for c in t.ground_truth_calls),
+               default=0)
+    if calls > r.max_calls or args > r.max_args:
+        raise ConfigError(
+            f"reward.toolrl.max_calls={r.max_calls} / max_args={r.max_args} are too small for "
+            f"the data (a ground truth has {calls} calls / {args} arguments); raise them")
+
+
 # ----------------------------------------------------------------------------- built-ins
 @REWARD_COMPONENTS.register("toolrl")
 def toolrl(ctx: RewardContext, cfg: ToolRLRewardConfig) -> ComponentScore:

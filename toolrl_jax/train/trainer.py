@@ -67,7 +67,7 @@ from toolrl_jax.train.distributed import (
 )
 from toolrl_jax.train.environments import ENVIRONMENTS
 from toolrl_jax.train.metrics import MetricsLogger
-from toolrl_jax.train.rewards import RewardContext, Scores, score
+from toolrl_jax.train.rewards import RewardContext, Scores, check_reward_capacity, score
 from toolrl_jax.train.sft import SFTLearner, pad_examples
 from toolrl_jax.train.sft_sources import SFT_SOURCES
 from toolrl_jax.train.sources import DATA_SOURCES
@@ -151,7 +151,7 @@ class Trainer:
         self.cfg = resolve(cfg, longest_prompt=longest)
         if self.primary:
             save_config(self.cfg, self.run_dir / "resolved_config.yaml")
-        self._check_reward_capacity()
+        check_reward_capacity(self.cfg.reward, self.train_set.tasks + self.heldout_set.tasks)
         self.environment = ENVIRONMENTS.get(cfg.env.name)(
             cfg.env, self.train_set.tasks + self.heldout_set.tasks)
         self.strategy = ROLLOUT_STRATEGIES.get(cfg.rollout.strategy)
@@ -195,20 +195,6 @@ class Trainer:
             kept.append(t)
             prompts.append(ids)
         return PromptSet(kept, prompts, skipped)
-
-    def _check_reward_capacity(self) -> None:
-        """The ToolRL reward's static shapes must hold every ground truth (fail at load)."""
-        if "toolrl" not in self.cfg.reward.active:
-            return
-        r = self.cfg.reward.toolrl
-        tasks = self.train_set.tasks + self.heldout_set.tasks
-        calls = max((len(t.ground_truth_calls) for t in tasks), default=0)
-        args = max((len(c.get("arguments") or {}) for t in tasks for c in t.ground_truth_calls),
-                   default=0)
-        if calls > r.max_calls or args > r.max_args:
-            raise ConfigError(
-                f"reward.toolrl.max_calls={r.max_calls} / max_args={r.max_args} are too small for "
-                f"the data (a ground truth has {calls} calls / {args} arguments); raise them")
 
     @functools.cached_property
     def learner(self) -> Learner:
@@ -390,12 +376,11 @@ class Trainer:
             batch = self.rollout_shares(idx, step, k)
             scores = score(self.reward_context(batch, step))
             rounds.append((batch, scores))
-            found += int(informative_groups(scores.total, batch.group_ids, batch.num_groups).sum())
+            good = informative_groups(scores.total, batch.group_ids, batch.num_groups)
+            found += int(good.sum())
             if found >= r.prompts_per_step:
                 break
         if not a.dynamic_sampling:
-            batch, scores = rounds[0]
-            good = informative_groups(scores.total, batch.group_ids, batch.num_groups)
             rows = np.ones(len(batch.tasks), np.float32)
             return Collected(batch, scores, good[batch.group_ids], rows)
         return select_groups(rounds, r.prompts_per_step, pad_id=self.pad_id)
