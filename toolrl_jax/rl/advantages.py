@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +48,67 @@ import jax.numpy as jnp
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.registry import Registry
 
-#: Advantage estimators by name (``algo.advantage.estimator``). An entry is
+#: Advantage estimators by name (``algo.advantage.estimator``). An entry is either
 #: ``f(rewards, ctx: EstimatorInputs) -> [B] advantages``, traced inside :func:`compute_advantages`
-#: (pure, jittable). Add one with ``@ESTIMATORS.register("name")``.
+#: (pure, jittable), or a :class:`TokenEstimator` (per-token credit from a :class:`CreditInputs`).
+#: Add one with ``@ESTIMATORS.register("name")`` / ``ESTIMATORS.register("name")(TokenEstimator(f))``.
 ESTIMATORS: Registry[Callable[..., jax.Array]] = Registry(
     "advantage estimator", config_key="algo.advantage.estimator"
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class CreditInputs:
+    """What a per-token estimator sees: ``B`` rows of ``T`` tokens (this process's rows, whole
+    groups), built by the trainer after scoring.
+
+    Attributes:
+      rewards: ``[B]`` float32 total (outcome) reward of each row.
+      group_ids: ``[B]`` int32 groups, ``0 .. num_groups-1``.
+      num_groups: static bound on the group ids.
+      loss_mask: ``[B, T]`` float32, 1 on generated (trained) tokens.
+      token_turn: ``[B, T]`` int32 assistant-turn index of each generated token, -1 elsewhere.
+      turn_rewards: ``[B, K]`` float32 per-assistant-turn rewards (components that score each
+        turn), or None.
+      turn_mask: ``[B, K]`` bool, turn ``k`` of row ``b`` exists and has a reward, or None.
+      values: ``[B, T]`` float32 critic values at rollout time, or None (no critic).
+      old_logprobs / ref_logprobs: ``[B, T]`` float32 log-probs of the rollout policy and the
+        KL reference, or None (for token-level KL rewards).
+      algo: the frozen ``algo`` config (``toolrl_jax.rl.train_step.AlgoConfig``).
+    """
+
+    rewards: Any
+    group_ids: Any
+    num_groups: int
+    loss_mask: Any
+    token_turn: Any
+    algo: Any
+    turn_rewards: Any = None
+    turn_mask: Any = None
+    values: Any = None
+    old_logprobs: Any = None
+    ref_logprobs: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenEstimator:
+    """An :data:`ESTIMATORS` entry that assigns per-token advantages ``[B, T]`` from a
+    :class:`CreditInputs` (turn-level GRPO, GAE with a critic) instead of ``[B]`` from the
+    rewards alone. The trainer's credit stage calls ``fn(inputs)``.
+
+    Attributes:
+      fn: ``CreditInputs -> [B, T]`` float32 advantages (0 off the loss mask).
+      needs_values: the estimator reads ``inputs.values`` (a critic must be configured).
+      needs_turn_rewards: the estimator reads ``inputs.turn_rewards`` (a reward component must
+        score each turn).
+    """
+
+    fn: Callable[[CreditInputs], Any]
+    needs_values: bool = False
+    needs_turn_rewards: bool = False
+
+    def __call__(self, inputs: CreditInputs) -> Any:
+        return self.fn(inputs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -175,11 +175,18 @@ REWARD_COMPONENTS: Registry[Component] = Registry("reward component",
 
 
 class Scores(NamedTuple):
-    """Composite reward ``total`` [B] and each weighted component's values and parts."""
+    """Composite reward ``total`` [B] and each weighted component's values and parts.
+
+    ``turn_rewards`` ``[B, K]`` / ``turn_mask`` ``[B, K]`` bool: the weighted per-assistant-turn
+    rewards of the components that score each turn (None when none does); per-token
+    estimators (:class:`toolrl_jax.rl.advantages.TokenEstimator`) read them.
+    """
 
     total: np.ndarray
     components: dict[str, np.ndarray]
     parts: dict[str, np.ndarray]
+    turn_rewards: np.ndarray | None = None
+    turn_mask: np.ndarray | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {"reward": float(np.mean(self.total))}

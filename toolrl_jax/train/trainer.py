@@ -46,8 +46,9 @@ from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.eval.toolrl import exact_match
 from toolrl_jax.models.registry import load_model
 from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh, param_shardings
-from toolrl_jax.rl.advantages import compute_advantages
+from toolrl_jax.rl.advantages import ESTIMATORS, CreditInputs, TokenEstimator, compute_advantages
 from toolrl_jax.rl.train_step import Learner, TrainState, split_model
+from toolrl_jax.rl.turn_advantages import token_turn_index
 from toolrl_jax.rollout.engine import RolloutEngine, RolloutRequest
 from toolrl_jax.rollout.sampling import SamplingConfig
 from toolrl_jax.rollout.trajectory import Trajectory, concat_trajectories
@@ -409,8 +410,11 @@ class Trainer:
         if len(set(gather_rows(np.asarray([rows])).tolist())) > 1:
             raise ConfigError("every process must roll out the same number of rows per step "
                               "(the rollout strategy returned different counts)")
+        estimator = ESTIMATORS.get(self.cfg.algo.advantage.estimator)
         if b.token_advantages is not None:  # per-token advantages of the strategy (trees)
             adv = np.asarray(b.token_advantages(np.asarray(collected.scores.total)))
+        elif isinstance(estimator, TokenEstimator):  # per-token credit (turns, critic)
+            adv = np.asarray(estimator(self.credit_inputs(collected)))
         else:
             glob = gather_rows({"total": collected.scores.total,
                                 "groups": b.group_ids + self._group_offset(collected)})
@@ -423,6 +427,18 @@ class Trainer:
         return TrainBatch.from_trajectory(b.trajectory, adv, length=length,
                                           pad_id=self.pad_id, row_weight=collected.train_rows,
                                           loss_mask=b.loss_mask)
+
+    def credit_inputs(self, collected: Collected, **extra: Any) -> CreditInputs:
+        """This process's rows as a :class:`CreditInputs` (whole groups, local group ids);
+        ``extra`` fills the optional fields (values, log-probs) a stage has computed."""
+        b, s = collected.batch, collected.scores
+        traj = b.trajectory
+        mask = np.asarray(traj.loss_mask if b.loss_mask is None else b.loss_mask, np.float32)
+        return CreditInputs(
+            rewards=np.asarray(s.total, np.float32), group_ids=np.asarray(b.group_ids, np.int32),
+            num_groups=b.num_groups, loss_mask=mask,
+            token_turn=token_turn_index(traj.turn_starts, traj.turn_ends, mask.shape[1]),
+            algo=self.cfg.algo, turn_rewards=s.turn_rewards, turn_mask=s.turn_mask, **extra)
 
     def add_logprobs(self, state: TrainState, batch: TrainBatch, timer: StageTimer) -> TrainBatch:
         """Old log-probs (when several mini-batches reuse them) and reference log-probs (KL)."""
