@@ -7,21 +7,33 @@ hand-computed FTRL values and bfcl-eval's own checker."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
+from tests.rollout._models import OraclePolicy
+from tests.train._scripted import add_script
+from toolrl_jax.chat import detect_template, find_test_tokenizer, load_tokenizer
 from toolrl_jax.config_io import load_config
+from toolrl_jax.data.bfcl import bfcl_training_tasks
 from toolrl_jax.data.task import ToolTask
+from toolrl_jax.envgen import BuildOptions, build_env_dir, load_env_tasks
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.eval.bfcl import bfcl_multi_turn
 from toolrl_jax.rl.advantages import ESTIMATORS, TokenEstimator
 from toolrl_jax.rl.turn_advantages import TurnAdvantageConfig
+from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
+from toolrl_jax.rollout.sampling import SamplingConfig
 from toolrl_jax.rollout.trajectory import Trajectory, TrajectoryRecord
+from toolrl_jax.rollout.turns import Environment, ToolTurnHandler
 from toolrl_jax.train.batch import Collected
 from toolrl_jax.train.config import TrainConfig
 from toolrl_jax.train.distributed import Shares
+from toolrl_jax.train.environments import ENVIRONMENTS, EnvironmentConfig
 from toolrl_jax.train.rewards import (
     REWARD_COMPONENTS,
     ComponentScore,
@@ -227,10 +239,6 @@ def test_user_turn_spans_from_tool_call_records():
 # ----------------------------------------------------------------------------- (d) FTRL
 @pytest.fixture(scope="module")
 def banking_task(tmp_path_factory):
-    from toolrl_jax.envgen import BuildOptions, build_env_dir, load_env_tasks
-
-    from tests.conftest import REPO
-
     out = tmp_path_factory.mktemp("bank") / "bank"
     build_env_dir(REPO / "configs" / "envs" / "banking.yaml", out,
                   BuildOptions(num_tasks=2, levels=("sequential",), distractors=0))
@@ -244,8 +252,9 @@ def _ftrl_row(uid, turn_calls):
     for j, calls in enumerate(turn_calls):
         rec.append_generated([3 + j, 4], [0.0, 0.0])
         if calls is not None:
-            rec.tool_calls += [dict(turn=j, name=c["name"], arguments=c["arguments"], ok=True,
-                                    text="", error_kind=None, seconds=0.0) for c in calls]
+            rec.tool_calls += [{"turn": j, "name": c["name"], "arguments": c["arguments"],
+                                "ok": True, "text": "", "error_kind": None, "seconds": 0.0}
+                               for c in calls]
             rec.append_observation([9])
     rec.stop_reason = "eos"
     return rec
@@ -292,8 +301,6 @@ CALLS = {  # one token per assistant call block (ToolRL syntax)
 
 
 def _call_text(calls):
-    import json
-
     lines = "\n".join(json.dumps({"name": n, "parameters": a}) for n, a in calls)
     return f"<tool_call>\n{lines}\n</tool_call>"
 
@@ -301,8 +308,6 @@ def _call_text(calls):
 def _bfcl_script(prompt, call_tokens):
     """Per user turn: one tool turn (the call token, TOOL_END), the observation, then a turn
     that ends at once with EOS; the environment then feeds user turn ``u`` as ``[USER + u]``."""
-    from tests.train._scripted import add_script
-
     scripts, prefix = {}, list(prompt)
     for u, tok in enumerate(call_tokens):
         if u:
@@ -316,20 +321,12 @@ def _bfcl_script(prompt, call_tokens):
 
 @pytest.fixture(scope="module")
 def bfcl_task():
-    from toolrl_jax.data.bfcl import bfcl_training_tasks
-
     task = {t.id: t for t in bfcl_training_tasks("multi_turn_base", limit=8)}["multi_turn_base_7"]
     assert len(task.meta["turn_ground_truth"]) == 3
     return task
 
 
 def test_bfcl_training_step_uses_every_user_turn(bfcl_task):
-    from toolrl_jax.rollout.engine import RolloutConfig, RolloutEngine, RolloutRequest
-    from toolrl_jax.rollout.sampling import SamplingConfig
-    from toolrl_jax.train.environments import ENVIRONMENTS, EnvironmentConfig
-
-    from tests.rollout._models import OraclePolicy
-
     task = bfcl_task
     user_ids = {m["content"]: USER + u for u, turn in enumerate(task.meta["turns"])
                 for m in turn}
@@ -368,8 +365,6 @@ def test_bfcl_training_step_uses_every_user_turn(bfcl_task):
     np.testing.assert_array_equal(scores.turn_rewards[:, [1, 3, 5]], [[1, 1, 1], [1, 0, 1]])
     np.testing.assert_array_equal(scores.total, [1.0, 0.0])  # the entry's verdict
 
-    from toolrl_jax.eval.bfcl import bfcl_multi_turn
-
     checker = bfcl_multi_turn()[0]
     played = [["cd(folder='academic_venture')", "mkdir(dir_name='academic_hub')"],
               ["find(path='.', name='goal')"], ["cat(file_name='goals.txt')"]]
@@ -391,9 +386,6 @@ def test_bfcl_training_step_uses_every_user_turn(bfcl_task):
 
 
 def test_handler_renders_a_user_turn_with_the_chat_template():
-    from toolrl_jax.chat import detect_template, find_test_tokenizer, load_tokenizer
-    from toolrl_jax.rollout.turns import Environment, ToolTurnHandler
-
     tok = load_tokenizer(find_test_tokenizer("smollm2"))
     template = detect_template(tok)
     executor = types.SimpleNamespace(start=lambda uid, task: None, finish=lambda uid: None)
