@@ -114,7 +114,7 @@ def _one_step(cfg):
 
 
 #: components that only score their own kind of task, run with that data source below
-OWN_DATA_COMPONENTS = {"ftrl": "envgen"}
+OWN_DATA_COMPONENTS = {"ftrl": "envgen", "bfcl": "bfcl_multi_turn"}
 
 
 @pytest.mark.slow
@@ -140,7 +140,9 @@ SOURCES = [  # (data source, environment, extra overrides); together they cover 
     ("bfcl", "none", ["data.path=simple_python", "data.max_prompt_tokens=2048"]),
     ("bfcl_multi_turn", "bfcl_multi_turn", ["data.path=multi_turn_base", "rollout.max_turns=2",
                                             "rollout.max_obs_tokens=16",
-                                            "data.max_prompt_tokens=100000"]),
+                                            "data.max_prompt_tokens=100000",
+                                            "reward.components={{toolrl: 1.0, bfcl: 1.0}}",
+                                            "algo.advantage.estimator=turn_grpo"]),
     ("math", "none", ["data.path=aime24", "data.max_prompt_tokens=1024",
                       "reward.components={{toolrl: 0.0, retool: 1.0}}"]),
     ("math_generated", "code_interpreter", ["rollout.max_turns=2", "rollout.max_obs_tokens=64",

@@ -517,7 +517,9 @@ def bfcl_training_tasks(
     max_calls: int | None = 8,
     data_dir: str | os.PathLike | None = None,
 ) -> list[ToolTask]:
-    """Turn 0 of each BFCL multi-turn entry as a training prompt for ``BFCLEnvironment``.
+    """Turn 0 of each BFCL multi-turn entry as a training prompt for ``BFCLEnvironment``; the
+    entry's later user turns (``meta["turns"]``) are fed during the rollout by the environment
+    (``BFCLEnvironment.next_user_turn``) and checked per user turn by the ``bfcl`` reward.
 
     ``messages``: ToolRL system prompt listing the entry's functions (BFCL's Python-hinted docs)
     + the user's first message (``prompt_style="json_schema"``: the raw first-turn messages and

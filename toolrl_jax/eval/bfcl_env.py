@@ -33,7 +33,13 @@ Instances live in the state object only (no module globals, unlike bfcl-eval's e
 trajectories never share state and nothing needs cleaning up.
 
 The training prompts of a multi-turn category (turn 0 of each entry) come from
-``toolrl_jax.data.bfcl.bfcl_training_tasks``.
+``toolrl_jax.data.bfcl.bfcl_training_tasks``. The entry's later user turns are fed during the
+rollout by :meth:`BFCLEnvironment.next_user_turn` (the ``Environment.next_user_turn`` hook of
+``rollout.turns``): when an assistant turn ends without a tool call, user turn ``u`` follows as
+a user message on the same backend instances (miss_func: the held-out functions become callable
+at their turn and are announced with BFCL's message). :func:`bfcl_turn_checks` scores each user
+turn with bfcl-eval's own state and response checks (the sub-checkers of its
+``multi_turn_checker``), the per-turn reward of ``train.rewards`` component ``bfcl``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ import inspect
 import json
 import os
 import re
+import sys
+import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,13 +65,15 @@ from toolrl_jax.data.bfcl import (
 )
 from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import DataError
-from toolrl_jax.eval.bfcl import bfcl_multi_turn
+from toolrl_jax.eval.bfcl import ADDITIONAL_FUNCTION_PROMPT, bfcl_multi_turn
 
 __all__ = [
     "BFCLEnvironment",
     "BFCLFunctionTool",
     "BFCLTrajectoryState",
+    "BFCLTurnChecks",
     "STATE_PARAM",
+    "bfcl_turn_checks",
     "execute_bfcl_call",
 ]
 
@@ -262,3 +272,102 @@ class BFCLEnvironment:
             instances=instances,
             owner={n: self._owner[n] for n in allowed},
         )
+
+    def next_user_turn(self, task: Any, user_turn: int, state: BFCLTrajectoryState | None = None
+                       ) -> list[dict] | None:
+        """The messages of user turn ``user_turn`` (1, 2, ...) of a BFCL multi-turn ``task``,
+        or None when the entry has no such turn (the trajectory then ends).
+
+        The user messages of ``meta["turns"][user_turn]`` as BFCL gives them; at a miss_func
+        turn with held-out functions, BFCL's ``ADDITIONAL_FUNCTION_PROMPT`` listing them instead
+        (as :mod:`toolrl_jax.eval.bfcl` plays it), and the functions become callable on
+        ``state`` (the trajectory's carried-over backends).
+        """
+        meta = task.meta if isinstance(task, ToolTask) else (task or {})
+        turns = meta.get("turns") or []
+        if not 0 < user_turn < len(turns):
+            return None
+        held = (meta.get("held_out_functions") or {}).get(str(user_turn))
+        if held:
+            if state is not None and state.entry_id:
+                names = {f["name"] for f in held if self._owner.get(f["name"]) in state.instances}
+                state.allowed = state.allowed | names
+                state.owner.update({n: self._owner[n] for n in names})
+            return [{"role": "user",
+                     "content": ADDITIONAL_FUNCTION_PROMPT.format(functions=json.dumps(held))}]
+        return [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))}
+                for m in turns[user_turn] if m.get("role") != "system"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BFCLTurnChecks:
+    """bfcl-eval's verdicts on one played entry.
+
+    Attributes:
+      turns: one bool per user turn the trajectory reached (at most the entry's turns): the
+        state check (every backend instance equals the ground truth's after the same turns) and
+        the response check (the ground truth's results of this turn are among the model's
+        results so far) passed; a turn whose ground truth is empty (miss_param / miss_func)
+        passes when the model made no call.
+      valid: bfcl-eval's ``multi_turn_checker`` verdict on the whole entry (False when not
+        every user turn was reached): the benchmark's multi-turn accuracy.
+    """
+
+    turns: tuple[bool, ...]
+    valid: bool
+
+
+def bfcl_turn_checks(task: ToolTask, turn_calls: Sequence[Sequence[Sequence[str]]]
+                     ) -> BFCLTurnChecks:
+    """Per-user-turn checks of a BFCL multi-turn ``task`` played with ``turn_calls``.
+
+    Args:
+      task: a BFCL multi-turn task (``meta``: ``turn_ground_truth``, ``initial_config``,
+        ``involved_classes``, ``bfcl_id``).
+      turn_calls: per user turn reached, per assistant step with calls, the BFCL call strings
+        (``eval.bfcl.call_strings``) of that step.
+
+    The loop of bfcl-eval's ``multi_turn_checker`` (its executor, ``state_checker`` and
+    ``response_checker``) without its early exit, so every reached turn gets its own verdict;
+    the state is cumulative (turn ``u`` is checked after turns ``0..u`` of both the model and
+    the ground truth), as in BFCL.
+    """
+    checker, execute, utils = bfcl_multi_turn()
+    checks = sys.modules[checker.__module__]
+    meta = task.meta
+    gt = [list(t) for t in meta.get("turn_ground_truth") or []]
+    entry_id = str(meta["bfcl_id"])
+    category = entry_id.rsplit("_", 1)[0]
+    run = {"initial_config": meta.get("initial_config") or {},
+           "involved_classes": list(meta["involved_classes"]), "test_entry_id": entry_id,
+           "long_context": "long_context" in category or "composite" in category,
+           "is_evaL_run": True}
+    name = f"toolrl_jax_turns_{uuid.uuid4().hex[:10]}"
+    played = [[list(step) for step in steps] for steps in turn_calls[:len(gt)]]
+    verdicts: list[bool] = []
+    so_far: list[str] = []
+    try:
+        for u, steps in enumerate(played):
+            model_instances: dict = {}
+            for step in steps:
+                results, model_instances = execute(func_call_list=step, model_name=name, **run)
+                so_far.extend(results)
+            gt_results, gt_instances = execute(func_call_list=gt[u],
+                                               model_name=name + "_ground_truth", **run)
+            if not gt[u]:
+                verdicts.append(bool(utils.is_empty_execute_response(steps)))
+            elif utils.is_empty_execute_response(steps):
+                verdicts.append(False)
+            else:
+                verdicts.append(bool(checks.state_checker(model_instances, gt_instances)["valid"])
+                                and bool(checks.response_checker(so_far, gt_results, u)["valid"]))
+        valid = False
+        if len(played) == len(gt):
+            entry = {"id": entry_id, "initial_config": run["initial_config"],
+                     "involved_classes": run["involved_classes"]}
+            valid = bool(checker(played, gt, entry, category, name + "_entry").get("valid"))
+    finally:  # bfcl-eval keeps backend instances in module globals keyed by model name
+        g = vars(utils)
+        for key in [k for k in g if k.startswith(name)]:
+            del g[key]
+    return BFCLTurnChecks(turns=tuple(verdicts), valid=valid)

@@ -65,6 +65,7 @@ from toolrl_jax.models.sharding import param_partition_specs
 from toolrl_jax.rl import advantages as advantages_lib
 from toolrl_jax.rl import losses as losses_lib
 from toolrl_jax.rl.logprobs import token_logprobs_and_entropy
+from toolrl_jax.rl.turn_advantages import TurnAdvantageConfig  # also registers turn_grpo
 
 Batch = Mapping[str, Any]
 PER_TOKEN_KEYS = ("old_logprobs", "ref_logprobs", "sample_logprobs")
@@ -141,6 +142,8 @@ class AlgoConfig:
       max_sampling_rounds: most rollout rounds per step with ``dynamic_sampling`` (the first
         included); when they are spent the batch is completed with constant groups, whose
         loss mask is zero, and the shortfall is logged.
+      turn_advantage: :class:`~toolrl_jax.rl.turn_advantages.TurnAdvantageConfig`
+        (``algo.turn_advantage.*``), the settings of ``advantage.estimator=turn_grpo``.
     """
 
     advantage: advantages_lib.AdvantageConfig = dataclasses.field(
@@ -153,6 +156,7 @@ class AlgoConfig:
     compute_entropy: bool = True
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 4
+    turn_advantage: TurnAdvantageConfig = dataclasses.field(default_factory=TurnAdvantageConfig)
 
     def __post_init__(self) -> None:
         if self.ppo_minibatches < 1:

@@ -34,6 +34,22 @@ one sample gets ``At = 0`` and a group of one gets ``Ao = 0``, as in GRPO. ``nor
 drops the division (Dr. GRPO style).
 
 Compute on the whole rollout batch before splitting into mini-batches (groups span rows).
+
+Estimator ``turn_grpo`` (``algo.advantage.estimator=turn_grpo``, settings
+``algo.turn_advantage``: :class:`TurnAdvantageConfig`) is this formula as an
+:data:`~toolrl_jax.rl.advantages.ESTIMATORS` entry (a ``TokenEstimator`` with
+``needs_turn_rewards``): ``r_{b,k}`` are the composed per-turn rewards of the reward components
+that score turns (``train.rewards.score``: ``sum_c w_c turns_c``), ``R_b`` the total reward.
+A turn without a reward of its own (``turn_mask`` False inside a row: BFCL rewards only the last
+assistant turn of each user turn) is credited with the advantage of the next rewarded turn of
+its row, the one that closes its segment::
+
+    c(b, j)   = min {k >= j : turn_mask[b, k]}
+    adv[b, t] = A_{b, c(b, token_turn[b, t])}, or Ao_b when row b has no rewarded turn >= j
+
+so every generated token gets the credit of the segment it belongs to (with a reward on every
+turn, FTRL, ``c(b, j) = j``). Registered on import of this module (``rl.train_step`` imports
+it, so every user of ``AlgoConfig`` sees the entry).
 """
 
 from __future__ import annotations
@@ -45,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toolrl_jax.errors import ConfigError
-from toolrl_jax.rl.advantages import group_stats
+from toolrl_jax.rl.advantages import ESTIMATORS, CreditInputs, TokenEstimator, group_stats
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,3 +145,67 @@ def turn_level_advantages(
     tt = jnp.asarray(token_turn, jnp.int32)
     tok = jnp.take_along_axis(per_turn, jnp.clip(tt, 0, k - 1), axis=1)
     return jnp.where(tt >= 0, tok, 0.0), per_turn
+
+
+def credit_turn_index(token_turn: jax.Array, turn_mask: jax.Array) -> jax.Array:
+    """``[B, T]`` int32: the rewarded turn whose advantage each token gets, ``c(b, j)`` of the
+    module docstring (``K`` where row ``b`` has no rewarded turn at or after ``j``; -1 where
+    ``token_turn`` is -1)."""
+    tmask = jnp.asarray(turn_mask, bool)
+    k = tmask.shape[1]
+    idx = jnp.where(tmask, jnp.arange(k, dtype=jnp.int32)[None, :], k)
+    nxt = jax.lax.cummin(idx, axis=1, reverse=True)
+    tt = jnp.asarray(token_turn, jnp.int32)
+    credit = jnp.take_along_axis(nxt, jnp.clip(tt, 0, k - 1), axis=1)
+    return jnp.where(tt >= 0, credit, -1)
+
+
+def segment_turn_advantages(
+    turn_rewards: jax.Array,
+    turn_mask: jax.Array,
+    outcome_rewards: jax.Array,
+    group_ids: jax.Array,
+    token_turn: jax.Array,
+    loss_mask: jax.Array,
+    config: TurnAdvantageConfig = TurnAdvantageConfig(),
+    *,
+    num_groups: int | None = None,
+) -> jax.Array:
+    """``[B, T]`` token advantages of ``turn_grpo``: :func:`turn_level_advantages` with each
+    unrewarded turn credited by the next rewarded turn of its row (module docstring), zero off
+    ``loss_mask``. Jit with ``config`` and ``num_groups`` static."""
+    tmask = jnp.asarray(turn_mask, bool)
+    rewards = jnp.where(tmask, jnp.nan_to_num(turn_rewards.astype(jnp.float32)), 0.0)
+    b, k = rewards.shape
+    num_groups = b if num_groups is None else int(num_groups)
+    _, per_turn = turn_level_advantages(rewards, tmask, outcome_rewards, group_ids,
+                                        jnp.full((b, 1), -1, jnp.int32), config,
+                                        num_groups=num_groups)
+    a_out = _normalise(outcome_rewards.astype(jnp.float32), jnp.asarray(group_ids, jnp.int32),
+                       jnp.ones((b,), bool), num_groups, config)
+    credit = credit_turn_index(token_turn, tmask)
+    tok = jnp.take_along_axis(per_turn, jnp.clip(credit, 0, k - 1), axis=1)
+    tok = jnp.where(credit == k, a_out[:, None], tok)
+    tok = jnp.where(credit >= 0, tok, 0.0)
+    return tok * jnp.asarray(loss_mask, jnp.float32)
+
+
+_segment_turn_advantages = jax.jit(segment_turn_advantages,
+                                   static_argnames=("config", "num_groups"))
+
+
+def turn_grpo(inputs: CreditInputs) -> jax.Array:
+    """``turn_grpo``: per-token advantages from the per-turn rewards of a :class:`CreditInputs`
+    (settings ``inputs.algo.turn_advantage``)."""
+    if inputs.turn_rewards is None or inputs.turn_mask is None:
+        raise ConfigError("algo.advantage.estimator=turn_grpo: this batch has no per-turn "
+                          "rewards; add a reward component that scores turns (e.g. "
+                          "reward.components.ftrl=1.0 or reward.components.bfcl=1.0)")
+    return _segment_turn_advantages(
+        jnp.asarray(inputs.turn_rewards, jnp.float32), jnp.asarray(inputs.turn_mask, bool),
+        jnp.asarray(inputs.rewards, jnp.float32), jnp.asarray(inputs.group_ids, jnp.int32),
+        jnp.asarray(inputs.token_turn, jnp.int32), jnp.asarray(inputs.loss_mask, jnp.float32),
+        inputs.algo.turn_advantage, num_groups=int(inputs.num_groups))
+
+
+ESTIMATORS.register("turn_grpo")(TokenEstimator(turn_grpo, needs_turn_rewards=True))

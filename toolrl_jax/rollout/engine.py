@@ -17,8 +17,9 @@ loop (VerlTool-style asynchronous rollout, arXiv 2509.01055):
 4. a chunk of ``chunk_steps`` tokens is **decoded** for every decoding slot (one jitted
    ``while_loop``; rows stop on EOS, a stop sequence or a length limit). A row that stopped on a
    **tool stop sequence** (``</tool_call>``, ReTool's ``</code>``) has its turn parsed and its
-   calls submitted to the environment's executor (DECODING -> AWAITING_TOOLS), the others finish
-   (DECODING -> FREE);
+   calls submitted to the environment's executor (DECODING -> AWAITING_TOOLS); a row that ended
+   its turn with EOS continues with the task's next user message when the environment has one
+   (``turns.ToolTurnHandler.follow_up``: BFCL multi-turn), the others finish (DECODING -> FREE);
 5. when nothing decodes and nothing was prefilled, the loop waits for the first tool result.
 
 Token ids are the truth: the generated ids are appended to the trajectory verbatim and are
@@ -510,17 +511,23 @@ class RolloutEngine:
         """DECODING -> FREE (the trajectory ends) or AWAITING_TOOLS (the calls are submitted)."""
         turns = len(record.turn_starts)
         limit = self._requests[record.uid].max_turns
+        max_turns = self.config.max_turns if limit is None else limit
         reason = turn_end_reason(
             code,
             which,
             num_tool_stops=self.num_tool_stops,
             turns=turns,
-            max_turns=self.config.max_turns if limit is None else limit,
+            max_turns=max_turns,
         )
+        turn_ids = record.ids[record.turn_starts[-1] : record.turn_ends[-1]]
+        if reason == "eos" and self.turns is not None and turns < max_turns:
+            user_turn = self.turns.follow_up(record.uid, turns - 1, turn_ids)
+            if user_turn is not None:  # the task's next user message follows (turns.py)
+                scheduler.await_tools(i, user_turn)
+                return
         if reason is not None:
             self._finish(scheduler, i, reason)
             return
-        turn_ids = record.ids[record.turn_starts[-1] : record.turn_ends[-1]]
         scheduler.await_tools(i, self.turns.submit(record.uid, turns - 1, turn_ids))
 
     # ------------------------------------------------------------------ tools

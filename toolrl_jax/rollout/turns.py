@@ -17,6 +17,15 @@ time for the :class:`~toolrl_jax.rollout.engine.RolloutEngine`:
 
 The handler keeps one ``Conversation`` per live trajectory (``start`` ... ``finish``), the state
 the chat template needs to close the open turn and add the next generation prompt.
+
+User turns. An environment with ``next_user_turn`` (BFCL multi-turn entries: several user
+requests on one carried-over tool state) continues a trajectory whose assistant turn ended
+without a tool call: ``follow_up(uid, turn, turn_ids)`` asks it for the task's next user
+message(s) and, if there is one, returns a :class:`ToolTurn` with no calls whose observation is
+that user message (ids with loss mask 0, then the generation prompt); the executor's
+per-trajectory state is kept. Assistant turns are numbered over the whole trajectory; user
+turn ``u`` spans the assistant turns after the ``u``-th user message up to the one that ends
+without a tool call.
 """
 
 from __future__ import annotations
@@ -52,6 +61,10 @@ PARSE_ERROR = "parse_error"
 CallExtractor = Callable[[str], "tuple[list[ToolCall], str]"]
 #: ``f(turn_ids, [(tool name, result text), ...]) -> observation ids``.
 ObservationRenderer = Callable[[list[int], list[tuple[str, str]]], list[int]]
+#: ``f(task, user_turn, state) -> messages of user turn user_turn (>= 1) or None`` (no more).
+UserTurnSource = Callable[[Any, int, Any], "Sequence[dict] | None"]
+#: ``f(turn_ids, messages) -> ids`` (closing tokens, the user message, the generation prompt).
+UserTurnRenderer = Callable[[list[int], Sequence[dict]], list[int]]
 
 
 # ----------------------------------------------------------------------------- call extractors
@@ -122,6 +135,11 @@ class Environment:
       render_observation: ``f(turn_ids, [(tool name, text), ...]) -> ids`` replacing the
         chat-template rendering (environments with their own format, tokenizer-free tests).
       decode_text: ``f(ids) -> str`` used to parse calls; default ``tokenizer.decode``.
+      next_user_turn: ``f(task, u, state) -> messages | None``: user turn ``u`` (1, 2, ...) of
+        the trajectory's task, fed when an assistant turn ends without a tool call (``state``:
+        the executor's per-trajectory state, carried over); None = single user turn.
+      render_user_turn: ``f(turn_ids, messages) -> ids`` replacing the chat-template rendering
+        of a fed user turn (tokenizer-free tests).
     """
 
     executor: Any
@@ -131,6 +149,8 @@ class Environment:
     stop_strings: tuple[str, ...] = ()
     render_observation: ObservationRenderer | None = None
     decode_text: Callable[[list[int]], str] | None = None
+    next_user_turn: UserTurnSource | None = None
+    render_user_turn: UserTurnRenderer | None = None
 
     def __post_init__(self):
         if self.observation_format not in OBSERVATION_FORMATS:
@@ -155,6 +175,8 @@ class ToolTurn:
       parse_error: why no call could be read ('' when the calls parsed).
       future: the executor's results, one ``ToolResult`` per call.
       submitted_at: ``time.perf_counter()`` at submission.
+      user_messages: a fed user turn (``ToolTurnHandler.follow_up``): the messages rendered
+        after the turn instead of tool results (no calls).
     """
 
     turn: int
@@ -163,6 +185,7 @@ class ToolTurn:
     parse_error: str
     future: concurrent.futures.Future
     submitted_at: float
+    user_messages: tuple[dict, ...] = ()
 
     def done(self) -> bool:
         return self.future.done()
@@ -208,12 +231,17 @@ class ToolTurnHandler:
             )
         if env.render_observation is None and template is None:
             raise ConfigError("rendering tool results needs the tokenizer's chat template")
+        if (env.next_user_turn is not None and env.render_observation is not None
+                and env.render_user_turn is None):
+            raise ConfigError("an environment with next_user_turn and its own "
+                              "render_observation needs render_user_turn too")
         self.environment = env
         self.tokenizer = tokenizer
         self.template = template
         self.max_obs_tokens = int(max_obs_tokens)
         self.truncation_marker = truncation_marker
         self._conversations: dict[int, Conversation] = {}
+        self._user_turns: dict[int, tuple[Any, int]] = {}  # uid -> (task, user turns fed)
 
     # ---- trajectory lifetime
     def start(
@@ -222,6 +250,7 @@ class ToolTurnHandler:
         """A trajectory starts: per-trajectory tool state and the conversation to render into
         (``conversation`` from the request's messages, else one opened on ``prompt_ids``)."""
         self.environment.executor.start(uid, task)
+        self._user_turns[uid] = (task, 0)
         if self.environment.render_observation is not None:
             return
         if conversation is None:
@@ -237,6 +266,7 @@ class ToolTurnHandler:
     def finish(self, uid: int) -> None:
         """The trajectory ended (or the run was interrupted): release its tool state."""
         self._conversations.pop(uid, None)
+        self._user_turns.pop(uid, None)
         self.environment.executor.finish(uid)
 
     # ---- one tool turn
@@ -257,8 +287,29 @@ class ToolTurnHandler:
             submitted_at=time.perf_counter(),
         )
 
+    def follow_up(self, uid: int, turn: int, turn_ids: Sequence[int]) -> ToolTurn | None:
+        """After an assistant turn without a tool call: the task's next user turn as a
+        :class:`ToolTurn` without calls (its observation is the user message), or None when the
+        environment has no user turns or the task's are used up (the trajectory ends)."""
+        source = self.environment.next_user_turn
+        if source is None or uid not in self._user_turns:
+            return None
+        task, fed = self._user_turns[uid]
+        state_of = getattr(self.environment.executor, "state", None)
+        messages = source(task, fed + 1, state_of(uid) if callable(state_of) else None)
+        if not messages:
+            return None
+        self._user_turns[uid] = (task, fed + 1)
+        future = concurrent.futures.Future()
+        future.set_result([])
+        return ToolTurn(turn=turn, turn_ids=tuple(int(t) for t in turn_ids), calls=(),
+                        parse_error="", future=future, submitted_at=time.perf_counter(),
+                        user_messages=tuple(dict(m) for m in messages))
+
     def observe(self, uid: int, tool_turn: ToolTurn) -> Observation:
         """The observation of a finished tool turn (call ``tool_turn.done()`` first)."""
+        if tool_turn.user_messages:
+            return Observation(ids=tuple(self._render_user_turn(uid, tool_turn)), tool_calls=())
         records = self._records(tool_turn, self._results(tool_turn))
         pairs = [(r["name"] or "error", self._truncate(r["text"])) for r in records]
         return Observation(ids=tuple(self._render(uid, tool_turn, pairs)), tool_calls=records)
@@ -306,6 +357,21 @@ class ToolTurnHandler:
         if len(ids) <= self.max_obs_tokens:
             return text
         return self.tokenizer.decode(ids[: self.max_obs_tokens]) + self.truncation_marker
+
+    def _render_user_turn(self, uid: int, tool_turn: ToolTurn) -> list[int]:
+        """Ids after a finished assistant turn: its closing tokens, the user message(s), the
+        generation prompt (loss mask 0)."""
+        env = self.environment
+        if env.render_user_turn is not None:
+            return [int(t) for t in env.render_user_turn(list(tool_turn.turn_ids),
+                                                         list(tool_turn.user_messages))]
+        conv = self._conversations[uid]
+        start = len(conv.ids) + len(tool_turn.turn_ids)  # a closing id the model did not
+        conv.append_generated(list(tool_turn.turn_ids), end_of_turn=True)  # write is ours
+        for m in tool_turn.user_messages:
+            conv.append_message(str(m.get("role", "user")), str(m.get("content", "")))
+        conv.add_generation_prompt()
+        return list(conv.ids[start:])
 
     def _render(self, uid: int, tool_turn: ToolTurn, pairs: list[tuple[str, str]]) -> list[int]:
         """Ids after the turn: closing tokens, the observation message, the generation prompt."""

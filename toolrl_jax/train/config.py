@@ -23,7 +23,7 @@ from toolrl_jax.rollout.engine import RolloutConfig
 from toolrl_jax.train.environments import EnvironmentConfig
 from toolrl_jax.train.fission import FissionConfig
 from toolrl_jax.train.metrics import MetricsConfig
-from toolrl_jax.train.rewards import RewardConfig
+from toolrl_jax.train.rewards import RewardConfig, check_turn_credit
 from toolrl_jax.train.sft import SFTConfig
 from toolrl_jax.train.sft_sources import SFT_SOURCES
 from toolrl_jax.train.sources import DataConfig
@@ -111,6 +111,7 @@ class TrainConfig:
         ROLLOUT_STRATEGIES.get(self.rollout.strategy)
         SFT_SOURCES.get(self.sft.source)
         check_batch_geometry(self)
+        check_turn_credit(self.reward, self.algo)  # turn_grpo needs a turn-scoring component
         if self.rollout.max_turns > 1 and not self.env.multi_turn:
             raise ConfigError(f"rollout.max_turns={self.rollout.max_turns} needs tools: set env.name "
                               "(e.g. env.name=generated_tools), or rollout.max_turns=1")

@@ -110,9 +110,15 @@ def generated_tools(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Enviro
 
 @ENVIRONMENTS.register("bfcl_multi_turn")
 def bfcl_multi_turn(cfg: EnvironmentConfig, tasks: Sequence[ToolTask]) -> Environment:
-    """BFCL v4's executable multi-turn backends, one instance set per trajectory."""
+    """BFCL v4's executable multi-turn backends, one instance set per trajectory, and every
+    user turn of the entry: when an assistant turn ends without a tool call, the entry's next
+    user message is appended (token ids, loss mask 0) and the trajectory goes on with the same
+    backend instances, until the entry's user turns are used up or ``rollout.max_turns``
+    (``BFCLEnvironment.next_user_turn``; reward component ``bfcl`` checks each user turn)."""
     env = BFCLEnvironment.for_tasks(list(tasks))
-    return environment_from_config(cfg, executor_from_config(cfg, environment=env))
+    return dataclasses.replace(
+        environment_from_config(cfg, executor_from_config(cfg, environment=env)),
+        next_user_turn=env.next_user_turn)
 
 
 @ENVIRONMENTS.register("envgen")

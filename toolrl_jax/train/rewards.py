@@ -13,6 +13,17 @@ group's correct answers) fit; it returns ``[B]`` float32. Add one::
     @REWARD_COMPONENTS.register("brevity")
     def brevity(ctx: RewardContext, cfg) -> ComponentScore:
         return ComponentScore(-ctx.response_lengths / 1000.0)
+
+Per-turn rewards. A component may also score each assistant turn: ``ComponentScore.turns``
+``[B, K]`` (``K = ctx.num_turn_slots``, NaN where row ``b`` has no turn ``k`` or the turn has no
+reward of its own); mark it with :func:`scores_turns` so a config choosing a per-turn estimator
+(``algo.advantage.estimator=turn_grpo``) can be checked before the run. :func:`score` composes
+
+    turn_rewards[b, k] = sum_{c scoring turns} w_c * turns_c[b, k],   turn_mask = finite
+
+(a turn is rewarded only where every turn-scoring component rewards it). ``ftrl`` scores every
+assistant turn (FTRL's ``2s/(k+1)``); ``bfcl`` scores each BFCL *user* turn and attaches it to
+the last assistant turn of that user turn (see :func:`user_turn_spans`).
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ import numpy as np
 
 from toolrl_jax.data.task import ToolTask
 from toolrl_jax.envgen import score_task, trajectory_turns
-from toolrl_jax.errors import ConfigError
+from toolrl_jax.errors import ConfigError, DataError
+from toolrl_jax.eval.bfcl import call_strings
+from toolrl_jax.eval.bfcl_env import bfcl_turn_checks
 from toolrl_jax.registry import Registry
 from toolrl_jax.rewards.config import ToolRLRewardConfig
 from toolrl_jax.rewards.code_use import CodeUseConfig, cell_counts, code_use_reward
@@ -39,6 +52,7 @@ from toolrl_jax.rewards.shaping import (
     tool_star_reward,
 )
 from toolrl_jax.rewards.toolrl import score_texts
+from toolrl_jax.rl.advantages import ESTIMATORS, TokenEstimator
 from toolrl_jax.rollout.trajectory import Trajectory
 from toolrl_jax.toolcalls.parse import parse_completion
 
@@ -90,10 +104,13 @@ class RewardConfig:
 
 
 class ComponentScore(NamedTuple):
-    """A component's reward ``values`` [B] and optional named ``parts`` [B] (logged)."""
+    """A component's reward ``values`` [B], optional named ``parts`` [B] (logged) and optional
+    per-turn rewards ``turns`` [B, K] float32 (reward of assistant turn ``k`` of row ``b``; NaN =
+    no such turn, or no reward of its own)."""
 
     values: np.ndarray
     parts: dict[str, np.ndarray] = {}
+    turns: np.ndarray | None = None
 
 
 class RewardContext:
@@ -116,6 +133,15 @@ class RewardContext:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    @property
+    def num_turn_slots(self) -> int:
+        """``K``: the turn axis of ``trajectory.turn_starts`` (and of ``ComponentScore.turns``)."""
+        return int(np.asarray(self.trajectory.turn_starts).shape[1])
+
+    def empty_turns(self) -> np.ndarray:
+        """``[B, K]`` float32 NaN, to fill with per-turn rewards."""
+        return np.full((len(self), self.num_turn_slots), np.nan, np.float32)
 
     @functools.cached_property
     def first_turn_texts(self) -> list[str]:
@@ -174,6 +200,39 @@ REWARD_COMPONENTS: Registry[Component] = Registry("reward component",
                                                   config_key="reward.components")
 
 
+def scores_turns(component: Component) -> Component:
+    """Marks a component that returns ``ComponentScore.turns`` (checked by
+    :func:`check_turn_credit` before a run with a per-turn estimator)."""
+    component.scores_turns = True  # type: ignore[attr-defined]
+    return component
+
+
+def turn_scoring_components(cfg: RewardConfig) -> list[str]:
+    """The active components marked with :func:`scores_turns`."""
+    return [n for n in cfg.active if getattr(REWARD_COMPONENTS.get(n), "scores_turns", False)]
+
+
+def check_turn_credit(reward: RewardConfig, algo: Any) -> None:
+    """Fails before the run when ``algo.advantage.estimator`` needs per-turn rewards
+    (``TokenEstimator.needs_turn_rewards``) and no active reward component scores turns."""
+    estimator = ESTIMATORS.get(algo.advantage.estimator)
+    if not (isinstance(estimator, TokenEstimator) and estimator.needs_turn_rewards):
+        return
+    name = algo.advantage.estimator
+    if not turn_scoring_components(reward):
+        scoring = sorted(n for n in REWARD_COMPONENTS
+                         if getattr(REWARD_COMPONENTS.get(n), "scores_turns", False))
+        raise ConfigError(
+            f"algo.advantage.estimator={name} needs per-turn rewards, and no active "
+            f"reward.components scores turns: add one of {', '.join(scoring)} (e.g. "
+            f"reward.components.{scoring[0] if scoring else 'ftrl'}=1.0), or use "
+            "algo.advantage.estimator=grpo")
+    if getattr(algo, "dynamic_sampling", False):
+        raise ConfigError(f"algo.advantage.estimator={name} does not support "
+                          "algo.dynamic_sampling yet (its group selection drops the per-turn "
+                          "rewards); set algo.dynamic_sampling=false")
+
+
 class Scores(NamedTuple):
     """Composite reward ``total`` [B] and each weighted component's values and parts.
 
@@ -197,17 +256,59 @@ class Scores(NamedTuple):
 
 
 def score(ctx: RewardContext) -> Scores:
-    """``R = sum_c w_c r_c`` over ``ctx.config``'s active components."""
+    """``R = sum_c w_c r_c`` over ``ctx.config``'s active components, and the per-turn rewards
+    ``turn_rewards = sum_c w_c turns_c`` over those that return turns (``[B, K]``; NaN where a
+    component has no reward for the turn), ``turn_mask = isfinite(turn_rewards)``; both None
+    when no component scores turns."""
     cfg = ctx.config
     total = np.zeros(len(ctx), np.float32)
     components, parts = {}, {}
+    turn_rewards = None
     for name, weight in cfg.active.items():
         out = REWARD_COMPONENTS.get(name)(ctx, getattr(cfg, name, None))
         values = np.asarray(out.values, np.float32).reshape(len(ctx))
         components[name] = values
         parts.update({f"{name}_{k}": np.asarray(v, np.float32) for k, v in out.parts.items()})
         total += np.float32(weight) * values
-    return Scores(total=total, components=components, parts=parts)
+        if out.turns is not None:
+            turns = _turn_array(out.turns, ctx, name)
+            weighted = np.float32(weight) * turns
+            turn_rewards = weighted if turn_rewards is None else turn_rewards + weighted
+    if turn_rewards is None:
+        return Scores(total=total, components=components, parts=parts)
+    mask = np.isfinite(turn_rewards)
+    return Scores(total=total, components=components, parts=parts,
+                  turn_rewards=np.where(mask, turn_rewards, 0.0).astype(np.float32),
+                  turn_mask=mask)
+
+
+def _turn_array(turns: Any, ctx: RewardContext, name: str) -> np.ndarray:
+    """A component's ``turns`` as ``[B, K]`` float32 (narrower ones padded with NaN)."""
+    turns = np.asarray(turns, np.float32)
+    b, k = len(ctx), ctx.num_turn_slots
+    if turns.ndim != 2 or turns.shape[0] != b or turns.shape[1] > k:
+        raise ValueError(f"reward component {name!r}: turns must be [B={b}, K<={k}], "
+                         f"got {turns.shape}")
+    return np.pad(turns, ((0, 0), (0, k - turns.shape[1])), constant_values=np.nan)
+
+
+def user_turn_spans(trajectory: Trajectory, row: int) -> list[list[int]]:
+    """The assistant turns of each user turn of row ``row``: ``[[0, 1], [2], ...]``.
+
+    With an environment that feeds user turns (``rollout.turns.Environment.next_user_turn``),
+    an assistant turn that ran no tool (no call record of that turn in
+    ``trajectory.tool_calls``: it ended with EOS, and the next user message followed) closes
+    its user turn, and so does the row's last turn (whatever ended it). A tool turn always has
+    a record (its calls, or a parse error), so the spans are exact.
+    """
+    with_calls = {c.get("turn") for c in trajectory.tool_calls[row]}
+    spans: list[list[int]] = [[]]
+    n = int(trajectory.num_turns[row])
+    for k in range(n):
+        spans[-1].append(k)
+        if k not in with_calls and k < n - 1:
+            spans.append([])
+    return spans if spans[0] else []
 
 
 def check_reward_capacity(cfg: RewardConfig, tasks: Sequence[ToolTask]) -> None:
@@ -277,19 +378,78 @@ def code_use(ctx: RewardContext, cfg: CodeUseConfig) -> ComponentScore:
 
 
 @REWARD_COMPONENTS.register("ftrl")
+@scores_turns
 def ftrl(ctx: RewardContext, cfg: None) -> ComponentScore:
-    """FTRL (arXiv 2508.08791) on built environments: per turn ``2s/(k+1)`` (s calls solving a
-    still-open sub-goal, k calls), a text answer ``1/(1+#unsolved)``. Until per-turn credit
-    reaches the loss, a trajectory's reward is the mean of its turn rewards; sub-goal completion
-    and final-state success are logged as parts."""
+    """FTRL (arXiv 2508.08791) on built environments: per assistant turn ``2s/(k+1)`` (s calls
+    solving a still-open sub-goal, k calls), a text answer ``1/(1+#unsolved)``.
+
+    ``turns`` [B, K]: each assistant turn's reward (the per-turn credit of
+    ``algo.advantage.estimator=turn_grpo``). ``values`` [B] (the outcome): the mean of the
+    row's turn rewards (0 without turns). Why the mean and not final-state success: FTRL
+    defines its reward per turn only, with no separate outcome term, and the mean is that
+    reward summarised per trajectory; it stays dense for trajectory-level estimators (``grpo``),
+    where binary success gives mostly constant groups on a small model; and under
+    ``turn_grpo`` it adds a trajectory baseline to the per-turn term (weight it with
+    ``algo.turn_advantage.turn_coef``). Sub-goal completion and final-state success are logged
+    as parts."""
     syntax = ctx.config.toolrl.syntax
     episodes = [score_task(task, trajectory_turns(ctx.trajectory, i, ctx.tokenizer, syntax))
                 for i, task in enumerate(ctx.tasks)]
     values = np.array([np.mean(e.turn_rewards) if e.turn_rewards else 0.0 for e in episodes])
+    turns = ctx.empty_turns()
+    for i, e in enumerate(episodes):
+        rewards = list(e.turn_rewards)[:turns.shape[1]]
+        turns[i, :len(rewards)] = rewards
     success = np.array([e.success for e in episodes], np.float32)
     parts = {"success": success,
              "completion": np.array([e.completion for e in episodes], np.float32)}
     levels = np.array([str(t.meta.get("level", "")) for t in ctx.tasks])
     for level in sorted(set(levels) - {""}):  # NaN elsewhere: the logged mean is per level
         parts[f"success_{level}"] = np.where(levels == level, success, np.nan)
-    return ComponentScore(values.astype(np.float32), parts)
+    return ComponentScore(values.astype(np.float32), parts, turns)
+
+
+@REWARD_COMPONENTS.register("bfcl")
+@scores_turns
+def bfcl(ctx: RewardContext, cfg: None) -> ComponentScore:
+    """BFCL multi-turn (``env.name=bfcl_multi_turn``): bfcl-eval's checks of every user turn.
+
+    A *user turn* is one request of the entry; the model answers it in one or more assistant
+    turns (tool calls, then a turn without a call, after which the environment feeds the next
+    user turn). Per user turn ``u`` reached, the reward is 1 if bfcl-eval's state check and
+    response check pass after it (``eval.bfcl_env.bfcl_turn_checks``; the calls the engine
+    executed, in BFCL call-string form), else 0. ``turns`` [B, K] carries it on the *last
+    assistant turn of user turn u* (the others are NaN: ``turn_grpo`` credits them with it,
+    see ``rl.turn_advantages``). ``values`` [B]: bfcl-eval's ``multi_turn_checker`` verdict
+    on the entry (1 when every user turn was reached and passes: BFCL's multi-turn accuracy).
+    Parts: ``turns_passed`` (share of the entry's user turns passed), ``user_turns`` (reached).
+    """
+    turns = ctx.empty_turns()
+    values = np.zeros(len(ctx), np.float32)
+    passed = np.zeros(len(ctx), np.float32)
+    reached = np.zeros(len(ctx), np.float32)
+    for i, task in enumerate(ctx.tasks):
+        if "turn_ground_truth" not in task.meta:
+            raise DataError(f"reward.components.bfcl: task {task.id!r} is not a BFCL multi-turn "
+                            "task; use data.source=bfcl_multi_turn")
+        spans = user_turn_spans(ctx.trajectory, i)
+        checks = bfcl_turn_checks(task, [_step_calls(ctx.trajectory.tool_calls[i], span)
+                                         for span in spans])
+        for span, ok in zip(spans, checks.turns):
+            turns[i, span[-1]] = float(ok)
+        values[i] = float(checks.valid)
+        passed[i] = sum(checks.turns) / max(len(task.meta["turn_ground_truth"]), 1)
+        reached[i] = len(checks.turns)
+    return ComponentScore(values, {"turns_passed": passed, "user_turns": reached}, turns)
+
+
+def _step_calls(records: Sequence[dict], span: Sequence[int]) -> list[list[str]]:
+    """BFCL call strings of each assistant turn in ``span`` that made calls (parse errors,
+    which have no name, are not calls)."""
+    steps = []
+    for k in span:
+        calls = [{"name": c["name"], "arguments": dict(c.get("arguments") or {})}
+                 for c in records if c.get("turn") == k and c.get("name") is not None]
+        if calls:
+            steps.append(call_strings(calls))
+    return steps
