@@ -244,9 +244,10 @@ def test_rollout_mesh_differs_from_the_training_mesh(two_kv_head_model_dir, tmp_
     (resharded device to device: q_proj split over tp), and one train step's metrics equal those
     of rollouts on the training mesh (slots 8 ways, weights replicated).
 
-    (A training mesh with fsdp=8 would be the more telling pair, but one GRPO step of it on 8
-    CPU devices ran into XLA's 40 s CPU-collective rendezvous timeout on the loaded 2-core test
-    machine, with the default rollout mesh too.)"""
+    (A training mesh with fsdp=8 would be the more telling pair, but its per-layer all-gathers
+    on 8 simulated CPU devices once ran into XLA's 40 s CPU-collective rendezvous timeout on the
+    2-core machine under a load of ~10, with the default rollout mesh too; the same step
+    finished in 69 s at a load of ~5.)"""
     args = [a for a in _args(two_kv_head_model_dir, tmp_path / "unused", steps=1)[1:]
             if "out_dir" not in a]
     args += ["mesh.data=8", "data.num_eval=1"]
