@@ -96,7 +96,8 @@ class RolloutConfig:
         with ``jax.device_put`` after every update (device to device). None: the training
         mesh. With several processes it spans one process's devices (None: the training mesh's
         ``tp``, slots over the rest). An engine built directly takes its ``mesh`` argument.
- and observations rendered (format, stop strings, call syntax) is the
+
+    How tools are called and observations rendered (format, stop strings, call syntax) is the
     environment's business: :class:`~toolrl_jax.rollout.turns.Environment`.
     """
 

@@ -14,9 +14,9 @@ The rollout mesh (:func:`rollout_mesh`, config ``rollout.mesh``) may differ from
 mesh, e.g. ``fsdp`` for the update and ``data`` x ``tp`` for decoding; on one process the trainer
 moves the weights to it with ``jax.device_put`` (device to device, never through a host).
 With several processes rollouts run on each process's own devices (host-driven decoding only
-ever fetches arrays it owns): :func:`to_local` copies the training weights (global arrays on the training mesh) onto a
-process-local mesh with ``jax.device_put`` after, where a weight is sharded across processes, a
-jitted all-gather over the devices (never through a host).
+ever fetches arrays it owns): :func:`to_local` copies the training weights (global arrays on
+the training mesh) onto a process-local mesh with ``jax.device_put`` after, where a weight is
+sharded across processes, a jitted all-gather over the devices (never through a host).
 """
 
 from __future__ import annotations
