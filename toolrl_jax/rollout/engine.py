@@ -45,6 +45,7 @@ import numpy as np
 
 from toolrl_jax.chat import Conversation, detect_template
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.sharding import MeshConfig
 from toolrl_jax.rollout.sampler import DecodeState, Sampler, bucket_length
 from toolrl_jax.rollout.sampling import SamplingConfig
 from toolrl_jax.rollout.scheduler import (
@@ -90,6 +91,12 @@ class RolloutConfig:
       share_prompt_prefill: samples of one prompt admitted together share one prefill (the
         cache rows are copied); their tokens are the same as with separate prefills up to
         float rounding.
+      mesh: the mesh the trainer's rollouts run on (``data, fsdp, tp`` sizes, one may be -1 =
+        the rest) when it should differ from the training mesh (``mesh:``), e.g. ``fsdp`` for
+        the update and ``data`` x ``tp`` for decoding; the trainer reshards the weights onto it
+        with ``jax.device_put`` after every update (device to device). None: the training
+        mesh. With several processes it spans one process's devices (None: the training mesh's
+        ``tp``, slots over the rest). An engine built directly takes its ``mesh`` argument.
 
     How tools are called and observations rendered (format, stop strings, call syntax) is the
     environment's business: :class:`~toolrl_jax.rollout.turns.Environment`.
@@ -112,6 +119,7 @@ class RolloutConfig:
     obs_overhead_tokens: int = 64
     pad_multiple: int = 64
     share_prompt_prefill: bool = True
+    mesh: MeshConfig | None = None
 
     def __post_init__(self):
         for name in (

@@ -10,10 +10,13 @@ small and all-gathered (:func:`gather_rows`), so advantages and metrics are comp
 global batch by every process; the model's rows stay where they were generated and become the
 process-local part of the global batch (``jax.make_array_from_process_local_data``).
 
-Rollouts run on each process's own devices (host-driven decoding only ever fetches arrays it
-owns): :func:`to_local` copies the training weights (global arrays on the training mesh) onto a
-process-local mesh with ``jax.device_put`` after, where a weight is sharded across processes, a
-jitted all-gather over the devices (never through a host).
+The rollout mesh (:func:`rollout_mesh`, config ``rollout.mesh``) may differ from the training
+mesh, e.g. ``fsdp`` for the update and ``data`` x ``tp`` for decoding; on one process the trainer
+moves the weights to it with ``jax.device_put`` (device to device, never through a host).
+With several processes rollouts run on each process's own devices (host-driven decoding only
+ever fetches arrays it owns): :func:`to_local` copies the training weights (global arrays on
+the training mesh) onto a process-local mesh with ``jax.device_put`` after, where a weight is
+sharded across processes, a jitted all-gather over the devices (never through a host).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.sharding import MeshConfig, make_mesh
 
 SHARE_SEED_STRIDE = 2_654_435_761  # odd (Knuth's multiplicative hash): shares do not collide
 
@@ -113,6 +117,23 @@ def local_mesh(tp: int) -> Mesh:
                           "(rollouts run on each process's own devices)")
     return Mesh(np.asarray(devices, dtype=object).reshape(len(devices) // tp, 1, tp),
                 ("data", "fsdp", "tp"))
+
+
+def rollout_mesh(config: MeshConfig | None, train_mesh: Mesh | None) -> Mesh | None:
+    """The mesh rollouts run on: ``config`` (``rollout.mesh``) over all devices on one process,
+    over this process's devices with several; None: the training mesh on one process,
+    :func:`local_mesh` with the training mesh's ``tp`` with several. No mesh on one device."""
+    if train_mesh is None:
+        return None
+    local = jax.process_count() > 1
+    if config is None:
+        return local_mesh(int(train_mesh.shape["tp"])) if local else train_mesh
+    devices = jax.local_devices() if local else None
+    try:
+        return make_mesh(config, devices=devices)
+    except ConfigError as e:
+        where = f"the {len(devices)} devices of one process" if local else "all devices"
+        raise ConfigError(f"rollout.{e} (rollout.mesh spans {where})") from None
 
 
 def _replicate_fn(mesh: Mesh):

@@ -62,7 +62,7 @@ from toolrl_jax.train.distributed import (
     barrier,
     gather_rows,
     global_max,
-    local_mesh,
+    rollout_mesh,
     share_seed,
     to_local,
 )
@@ -130,9 +130,9 @@ class Trainer:
             raise ConfigError("algo.dynamic_sampling needs one rollout share (one process, "
                               "train.rollout_shards<=1): its group selection is not split yet")
         self.mesh = make_mesh(cfg.mesh) if jax.device_count() > 1 else None
-        # rollouts: the training mesh on one process; each process's own devices with several
-        self.rollout_mesh = (self.mesh if jax.process_count() == 1
-                             else local_mesh(int(self.mesh.shape["tp"])))
+        # rollouts: rollout.mesh, default the training mesh (each process's own devices with
+        # several processes)
+        self.rollout_mesh = rollout_mesh(cfg.rollout.mesh, self.mesh)
         t0 = time.perf_counter()
         loaded = load_model(cfg.model.name, param_dtype=cfg.model.param_dtype,
                             dtype=cfg.model.dtype, mesh=self.mesh)
@@ -220,17 +220,21 @@ class Trainer:
                                      max_new_tokens=r.eval_max_new_tokens or r.max_new_tokens)
         engine = build_engine(self.model, rc, self.environment, self.tokenizer, self.template,
                               mesh=self.rollout_mesh)
-        if jax.process_count() > 1:
+        if self.rollout_mesh is not self.mesh:
             engine.set_params(self._rollout_weights())
         return engine
 
     def _rollout_weights(self) -> Any:
-        """The model's state as the rollout engines hold it: as is on one process; with
-        several, a process-local copy on :attr:`rollout_mesh` (see ``train.distributed``)."""
+        """The model's state as the rollout engines hold it: as is on the training mesh; on
+        another :attr:`rollout_mesh` resharded with ``jax.device_put``; with several processes
+        a process-local copy (see ``train.distributed``)."""
         full = nnx.split(self.model)[1]
-        if jax.process_count() == 1:
+        if self.rollout_mesh is self.mesh:
             return full
-        return to_local(full, param_shardings(full, self.model_config, self.rollout_mesh))
+        shardings = param_shardings(full, self.model_config, self.rollout_mesh)
+        if jax.process_count() == 1:
+            return jax.device_put(full, shardings)
+        return to_local(full, shardings)
 
     def _set_policy(self, params: Any) -> None:
         """Copies the learner's params (pure dict) into the model and the rollout engines."""
