@@ -226,3 +226,28 @@ def test_lora_trainer_end_to_end_resume_and_merged_export(tiny_model_dir, tmp_pa
     plain_logits = np.asarray(nnx.jit(lambda m, t, p: m(t, p))(loaded, jnp.asarray(tokens),
                                                                 positions))
     assert np.abs(plain_logits - theirs).max() > 1e-4  # the adapters are in the export
+
+
+@pytest.mark.slow
+def test_lora_step_on_a_4_device_mesh_matches_one_device():
+    """(fsdp=2, tp=2) on 4 simulated CPU devices: the same losses and adapters as on one
+    device, A sharded like its kernel's input dim, the sharded base untouched."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, str(repo / "tests/train/_lora_mesh_script.py")],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    res = json.loads(line[len("RESULT "):])
+    np.testing.assert_allclose(res["losses"], res["ref_losses"], rtol=1e-5, atol=1e-6)
+    assert res["ref_losses"][1] != res["ref_losses"][0]
+    assert res["adapter_rel"] <= 5e-5, res
+    assert res["q_proj.lora_a"] == "P('fsdp', None)"
+    assert res["base_unchanged"] and res["ref_base_unchanged"]

@@ -541,22 +541,25 @@ class Learner:
 
         Compiles once per batch shape / key set (pad batches to a few length buckets).
         Call :meth:`init_state` (or pass a restored state of the same layout) first.
-        With ``frozen_params`` (LoRA) they are the jitted step's third argument (not donated).
+        With ``frozen_params`` (LoRA) they are the jitted ``_step``'s third argument (not
+        donated) and this returns ``(state, batch) -> jitted(state, batch, frozen_params)``.
         """
         if self._train_step is None:
+            frozen = self.frozen_params is not None
             if self.mesh is None:
                 step = jax.jit(self._step, donate_argnums=0)
             else:
                 if self._state_shardings is None:
                     raise RuntimeError("Learner.train_step: call init_state() first")
+                ins = (self._state_shardings, self.batch_sharding)
                 step = jax.jit(
                     self._step,
-                    in_shardings=(self._state_shardings, self.batch_sharding,
-                                  self._frozen_shardings()),
+                    in_shardings=ins + ((self._frozen_shardings(),) if frozen else ()),
                     out_shardings=(self._state_shardings, self.replicated),
                     donate_argnums=0,
                 )
-            self._train_step = lambda state, batch: step(state, batch, self.frozen_params)
+            self._train_step = (step if not frozen else
+                                lambda state, batch: step(state, batch, self.frozen_params))
         return self._train_step
 
     def _frozen_shardings(self) -> Any:

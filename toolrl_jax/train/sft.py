@@ -188,15 +188,17 @@ class SFTLearner:
 
     def _compiled(self):
         if self._step is None:
+            frozen = self.frozen_params is not None
             if self.mesh is None:
                 step = jax.jit(self._train_step, donate_argnums=0)
             else:
                 p = self.placement
+                ins = (p._state_shardings, p.batch_sharding)
                 step = jax.jit(self._train_step, donate_argnums=0,
-                               in_shardings=(p._state_shardings, p.batch_sharding,
-                                             p._frozen_shardings()),
+                               in_shardings=ins + ((p._frozen_shardings(),) if frozen else ()),
                                out_shardings=(p._state_shardings, p.replicated))
-            self._step = lambda state, batch: step(state, batch, self.frozen_params)
+            self._step = (step if not frozen else
+                          lambda state, batch: step(state, batch, self.frozen_params))
         return self._step
 
     def step(self, state: TrainState, batch: Mapping[str, np.ndarray]):
