@@ -162,6 +162,29 @@ def test_reference_logprobs_are_the_base_model_with_adapters_off():
     assert np.abs(moved[:, 1:] - want).max() > 1e-2  # the adapted policy is another model
 
 
+def test_export_run_of_a_full_fine_tune_writes_the_checkpoint_weights(tiny_model_dir, tmp_path):
+    """``export --run`` without LoRA: the directory holds the checkpoint's params exactly."""
+    from toolrl_jax.config_io import save_config
+    from toolrl_jax.train.checkpoint import Checkpointer
+
+    run = tmp_path / "run"
+    cfg = load_config(TrainConfig, None, [f"model.name={tiny_model_dir}"])
+    save_config(cfg, run / "resolved_config.yaml")
+    loaded = load_model(str(tiny_model_dir))
+    graphdef, params = split_model(loaded.model)
+    learner = Learner(graphdef, loaded.config, cfg.algo, cfg.optim)
+    state = learner.init_state(params)
+    rng = np.random.default_rng(0)
+    trained = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(0, 0.01, x.shape), x.dtype),
+                           state.params)
+    with Checkpointer(run / "checkpoints", async_save=False, handle_sigterm=False) as ckpt:
+        ckpt.save(7, state.replace(params=trained), {"step": 7}, wait=True)
+    out = tmp_path / "out"
+    assert main(["export", "--run", str(run), "--out", str(out), "--dtype", "float32"]) == 0
+    _, exported = split_model(load_model(str(out)).model)
+    jax.tree.map(np.testing.assert_array_equal, exported, jax.device_get(trained))
+
+
 # ----------------------------------------------------------------------------- the trainer
 def _cfg(model_dir, out_dir, steps):
     return load_config(TrainConfig, None, [
