@@ -183,7 +183,7 @@ class TrainState:
 
     Attributes:
       params: nested dict of parameter arrays (``nnx.to_pure_dict`` of the model's
-        ``nnx.Param`` state, see :func:`split_model`), master dtype.
+        ``nnx.Param`` state, see :func:`split_model`; LoRA: the adapters only), master dtype.
       opt_state: optax state of :func:`make_optimizer`.
       step: int32 scalar, optimizer steps taken.
       rng: uint32 ``[2]`` raw PRNG key, split once per step (for stochastic extensions).
