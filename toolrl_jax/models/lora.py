@@ -58,13 +58,17 @@ BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(LoRAParam))
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 ALL_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoRAConfig:
-    """Adapter settings.
+    """Adapter settings (the YAML ``lora:`` section of the training config).
 
     Attributes:
+      enabled: train adapters instead of the full model (off by default). The trainer then
+        wraps ``targets`` after loading the model, gives only ``A`` and ``B`` to the optimizer,
+        keeps the base frozen and takes the KL reference from the base (adapters off).
       rank: ``r``.
       alpha: scale numerator; the adapter output is multiplied by ``alpha / r``.
       targets: projection names to wrap (subset of q/k/v/o_proj, gate/up/down_proj).
@@ -72,6 +76,7 @@ class LoRAConfig:
       adapter_dtype: dtype of ``A`` and ``B`` (float32 master weights).
     """
 
+    enabled: bool = False
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = ALL_TARGETS
@@ -89,6 +94,12 @@ class LoRAConfig:
                 f"lora.targets: {unknown or 'empty'} not allowed; "
                 f"use a subset of {list(ALL_TARGETS)}"
             )
+        if self.base_dtype not in (None,) + FLOAT_DTYPES:
+            raise ConfigError(f"lora.base_dtype: {self.base_dtype!r} is not null or one of "
+                              f"{list(FLOAT_DTYPES)}")
+        if self.adapter_dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"lora.adapter_dtype: {self.adapter_dtype!r} is not one of "
+                              f"{list(FLOAT_DTYPES)}")
 
     @property
     def scale(self) -> float:
@@ -184,6 +195,14 @@ def split_lora(model: Decoder) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.
     return nnx.split(model, LoRAParam, BASE_PARAMS, ...)
 
 
+def split_adapters(model: Decoder) -> tuple[nnx.GraphDef, dict, dict]:
+    """``(graphdef, adapters, base)`` as plain nested dicts (layers keyed by int), the layout
+    of :func:`toolrl_jax.rl.train_step.split_model`: train ``adapters``, pass ``base`` as the
+    frozen argument; ``nnx.merge(graphdef, adapters, base)`` rebuilds the model."""
+    graphdef, adapters, base = nnx.split(model, LoRAParam, BASE_PARAMS)
+    return graphdef, nnx.to_pure_dict(adapters), nnx.to_pure_dict(base)
+
+
 def merge_lora(model: Decoder) -> dict[tuple, jax.Array]:
     """Decoder param path -> merged value (``W + (alpha/r) A B`` in float32 for wrapped
     kernels, the base weights elsewhere); the keys are exactly a plain Decoder's params."""
@@ -215,19 +234,26 @@ def export_merged(
     return export_hf_dir(merged_decoder(model), model.config, out_dir, **export_kwargs)
 
 
-def lora_partition_specs(
-    model_config: ModelConfig, config: LoRAConfig, *, mesh: Mesh | None = None
-) -> dict[tuple, P]:
-    """Adapter path -> spec: ``A`` = (kernel's input-dim axes, None), ``B`` = (None, kernel's
-    output-dim axes); merge with :func:`toolrl_jax.models.sharding.param_partition_specs`."""
+def adapter_specs(kernel_specs: dict[tuple, P], targets=ALL_TARGETS) -> dict[tuple, P]:
+    """Adapter path -> spec derived from the kernels' specs (``path -> spec`` as
+    :func:`~toolrl_jax.models.sharding.param_partition_specs` gives): ``A`` = (kernel's
+    input-dim axes, None), ``B`` = (None, kernel's output-dim axes)."""
     out = {}
-    for path, spec in param_partition_specs(model_config, mesh=mesh).items():
-        if path[-1] != "kernel" or path[-2] not in config.targets:
+    for path, spec in kernel_specs.items():
+        if path[-1] != "kernel" or len(path) < 2 or path[-2] not in targets:
             continue
         dims = tuple(spec) + (None,) * (2 - len(spec))
         out[path[:-1] + ("lora_a",)] = P(dims[0], None) if dims[0] is not None else P()
         out[path[:-1] + ("lora_b",)] = P(None, dims[1]) if dims[1] is not None else P()
     return out
+
+
+def lora_partition_specs(
+    model_config: ModelConfig, config: LoRAConfig, *, mesh: Mesh | None = None
+) -> dict[tuple, P]:
+    """Adapter path -> spec (:func:`adapter_specs` of the base rules); merge with
+    :func:`toolrl_jax.models.sharding.param_partition_specs`."""
+    return adapter_specs(param_partition_specs(model_config, mesh=mesh), config.targets)
 
 
 def shard_lora_model(model: Decoder, config: LoRAConfig, mesh: Mesh) -> None:

@@ -40,6 +40,11 @@ Sharding. With a mesh (``models.sharding.make_mesh``), parameters and the matchi
 follow ``param_partition_specs`` (FSDP x TP), batches split their rows over
 ``('data', 'fsdp')``, scalars are replicated. The same code runs on one device without a mesh.
 
+LoRA. With ``frozen_params`` (:class:`Learner`), ``params`` are the adapters only
+(:func:`toolrl_jax.models.lora.split_adapters`): gradients, AdamW moments and checkpoints cover
+them alone, and the frozen base weights are one more argument of every compiled function
+(``nnx.merge(graphdef, params, frozen)``), never differentiated, never donated.
+
 PPO mini-batches. :meth:`Learner.ppo_update` splits one rollout batch into several mini-batches
 (one optimizer step each, ``epochs`` passes) that reuse ``old_logprobs`` computed once with
 :meth:`Learner.compute_logprobs` before the first update.
@@ -61,6 +66,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.lora import adapter_specs
 from toolrl_jax.models.sharding import param_partition_specs
 from toolrl_jax.rl import advantages as advantages_lib
 from toolrl_jax.rl import losses as losses_lib
@@ -181,7 +187,7 @@ class TrainState:
 
     Attributes:
       params: nested dict of parameter arrays (``nnx.to_pure_dict`` of the model's
-        ``nnx.Param`` state, see :func:`split_model`), master dtype.
+        ``nnx.Param`` state, see :func:`split_model`; LoRA: the adapters only), master dtype.
       opt_state: optax state of :func:`make_optimizer`.
       step: int32 scalar, optimizer steps taken.
       rng: uint32 ``[2]`` raw PRNG key, split once per step (for stochastic extensions).
@@ -239,6 +245,7 @@ def _path_key(path) -> tuple:
 def param_shardings_for(params: Any, model_config: Any, mesh: Mesh) -> Any:
     """NamedShardings for a pure-dict param tree from ``models.sharding.param_partition_specs``."""
     specs = param_partition_specs(model_config, mesh=mesh)
+    specs = {**specs, **adapter_specs(specs)}  # LoRA A / B follow their kernel
     return jax.tree_util.tree_map_with_path(
         lambda path, _: NamedSharding(mesh, specs.get(_path_key(path), P())), params
     )
@@ -259,13 +266,15 @@ def token_logprobs(
     temperature: float = 1.0,
     compute_entropy: bool = True,
     entropy_grad: bool = True,
+    frozen: Any = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Policy log-probs (and entropy) ``[B, T]`` aligned with ``tokens``; column 0 is 0.
 
     ``logprobs[b, t] = log p(tokens[b, t] | tokens[b, :t])`` computed from the hidden state at
     ``t - 1`` with :func:`~toolrl_jax.rl.logprobs.token_logprobs_and_entropy` (vocab chunks).
+    ``frozen``: the rest of the model's params (LoRA: the frozen base), merged with ``params``.
     """
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
     tokens = batch["tokens"]
     hidden, _ = model.hidden(
         tokens, batch["positions"], segment_ids=batch.get("segment_ids")
@@ -303,6 +312,9 @@ class Learner:
       optim: :class:`OptimConfig`.
       temperature: logits are divided by it (the sampler's temperature; > 0).
       mesh: a ``('data', 'fsdp', 'tp')`` mesh, or None for one device / no sharding.
+      frozen_params: LoRA: the frozen base weights (plain nested dict); ``params`` are then
+        the adapters only and ``graphdef`` is :func:`~toolrl_jax.models.lora.split_adapters`'s.
+        Passed to every compiled function as a separate, non-differentiated argument.
     """
 
     def __init__(
@@ -314,6 +326,7 @@ class Learner:
         *,
         temperature: float = 1.0,
         mesh: Mesh | None = None,
+        frozen_params: Any = None,
     ) -> None:
         if not temperature > 0:
             raise ConfigError(f"temperature: must be > 0, got {temperature}")
@@ -323,6 +336,7 @@ class Learner:
         self.optim = optim
         self.temperature = float(temperature)
         self.mesh = mesh
+        self.frozen_params = frozen_params
         self.optimizer = make_optimizer(optim)
         self.schedule = make_schedule(optim)
         self.compute_dtype = jnp.dtype(getattr(model_config, "dtype", "float32"))
@@ -427,16 +441,17 @@ class Learner:
         )
 
     # ------------------------------------------------------------------ loss
-    def _forward(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array | None]:
+    def _forward(self, params: Any, batch: Batch, frozen: Any = None
+                 ) -> tuple[jax.Array, jax.Array | None]:
         cfg = self.algo
         return token_logprobs(
             self.graphdef, params, batch, vocab_chunk=cfg.vocab_chunk,
             temperature=self.temperature, compute_entropy=cfg.compute_entropy,
-            entropy_grad=cfg.loss.entropy_coef > 0,
+            entropy_grad=cfg.loss.entropy_coef > 0, frozen=frozen,
         )
 
-    def _micro_terms(self, cparams: Any, mb: Batch, denom: jax.Array):
-        lp, ent = self._forward(cparams, mb)
+    def _micro_terms(self, cparams: Any, mb: Batch, denom: jax.Array, frozen: Any = None):
+        lp, ent = self._forward(cparams, mb, frozen)
         old = mb.get("old_logprobs")
         if old is None:
             old = jax.lax.stop_gradient(lp)
@@ -447,10 +462,12 @@ class Learner:
         )
         return terms.numerator / denom, terms
 
-    def loss_and_grads(self, params: Any, batch: Batch) -> tuple[jax.Array, Any, dict]:
+    def loss_and_grads(self, params: Any, batch: Batch, frozen: Any = None
+                       ) -> tuple[jax.Array, Any, dict]:
         """``(loss, grads float32, metrics)`` of one optimizer batch with micro-batching.
 
-        Pure function of ``params`` and ``batch`` (traceable; used inside the step).
+        Pure function of ``params``, ``batch`` and ``frozen`` (the LoRA base, not
+        differentiated; None: ``params`` is the whole model). Traceable; used inside the step.
         """
         cfg = self.algo
         bsz = batch["tokens"].shape[0]
@@ -478,7 +495,7 @@ class Learner:
         f32 = lambda t: jax.tree.map(lambda g: g.astype(jnp.float32), t)  # noqa: E731
 
         if num_micro == 1:
-            (loss, terms), grads = grad_fn(cparams, batch, denom)
+            (loss, terms), grads = grad_fn(cparams, batch, denom, frozen)
             grads = f32(grads)
             loss_sums, token_sums = terms.loss_sums, terms.token_sums
         else:
@@ -486,14 +503,14 @@ class Learner:
 
             def body(carry, mb):
                 g_acc, l_acc, ls_acc, ts_acc = carry
-                (mb_loss, terms), g = grad_fn(cparams, mb, denom)
+                (mb_loss, terms), g = grad_fn(cparams, mb, denom, frozen)
                 add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
                 return (add(g_acc, f32(g)), l_acc + mb_loss, add(ls_acc, terms.loss_sums),
                         add(ts_acc, terms.token_sums)), None
 
             first = jax.tree.map(lambda x: x[0], micro)
             _, terms_shape = jax.eval_shape(
-                lambda p, b: self._micro_terms(p, b, denom), cparams, first
+                lambda p, b: self._micro_terms(p, b, denom, frozen), cparams, first
             )
             zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), t)  # noqa: E731
             init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
@@ -503,8 +520,9 @@ class Learner:
         metrics = losses_lib.finalize_metrics(loss_sums, token_sums, denom)
         return loss, grads, metrics
 
-    def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        loss, grads, metrics = self.loss_and_grads(state.params, batch)
+    def _step(self, state: TrainState, batch: Batch, frozen: Any = None
+              ) -> tuple[TrainState, dict]:
+        loss, grads, metrics = self.loss_and_grads(state.params, batch, frozen)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -527,22 +545,33 @@ class Learner:
 
         Compiles once per batch shape / key set (pad batches to a few length buckets).
         Call :meth:`init_state` (or pass a restored state of the same layout) first.
+        With ``frozen_params`` (LoRA) they are the jitted ``_step``'s third argument (not
+        donated) and this returns ``(state, batch) -> jitted(state, batch, frozen_params)``.
         """
         if self._train_step is None:
+            frozen = self.frozen_params is not None
             if self.mesh is None:
-                self._train_step = jax.jit(self._step, donate_argnums=0)
+                step = jax.jit(self._step, donate_argnums=0)
             else:
                 if self._state_shardings is None:
                     raise RuntimeError("Learner.train_step: call init_state() first")
-                self._train_step = jax.jit(
+                ins = (self._state_shardings, self.batch_sharding)
+                step = jax.jit(
                     self._step,
-                    in_shardings=(self._state_shardings, self.batch_sharding),
+                    in_shardings=ins + ((self._frozen_shardings(),) if frozen else ()),
                     out_shardings=(self._state_shardings, self.replicated),
                     donate_argnums=0,
                 )
+            self._train_step = (step if not frozen else
+                                lambda state, batch: step(state, batch, self.frozen_params))
         return self._train_step
 
-    def _logprobs(self, params: Any, batch: Batch) -> dict:
+    def _frozen_shardings(self) -> Any:
+        if self.frozen_params is None:
+            return None
+        return param_shardings_for(self.frozen_params, self.model_config, self.mesh)
+
+    def _logprobs(self, params: Any, batch: Batch, frozen: Any = None) -> dict:
         cfg = self.algo
         bsz = batch["tokens"].shape[0]
         mbs = cfg.micro_batch_size or bsz
@@ -553,10 +582,10 @@ class Learner:
         keys = ("tokens", "positions", "segment_ids")
         sub = {k: batch[k] for k in keys if k in batch}
         if num_micro == 1:
-            lp, ent = self._forward(params, sub)
+            lp, ent = self._forward(params, sub, frozen)
         else:
             micro = _split_micro(sub, num_micro, self.mesh)
-            lp, ent = jax.lax.map(lambda mb: self._forward(params, mb), micro)
+            lp, ent = jax.lax.map(lambda mb: self._forward(params, mb, frozen), micro)
             unsplit = lambda x: jnp.swapaxes(x, 0, 1).reshape((bsz,) + x.shape[2:])  # noqa: E731
             lp = unsplit(lp)
             ent = unsplit(ent) if ent is not None else None
@@ -577,7 +606,8 @@ class Learner:
             else:
                 self._logprob_fn = jax.jit(self._logprobs, out_shardings=self.batch_sharding)
         keys = ("tokens", "positions", "segment_ids")
-        return self._logprob_fn(params, {k: batch[k] for k in keys if k in batch})
+        return self._logprob_fn(params, {k: batch[k] for k in keys if k in batch},
+                                self.frozen_params)
 
     # ------------------------------------------------------------------ PPO
     def ppo_update(

@@ -17,6 +17,7 @@ import dataclasses
 from typing import Literal
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.lora import LoRAConfig
 from toolrl_jax.models.sharding import MeshConfig
 from toolrl_jax.rl.train_step import AlgoConfig, OptimConfig
 from toolrl_jax.rollout.engine import RolloutConfig
@@ -90,10 +91,11 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The whole run: ``model, mesh, data, env, rollout, reward, algo, optim, sft, metrics,
-    train``, and the sections of rollout strategies (``tree``, ``fission``)."""
+    """The whole run: ``model, lora, mesh, data, env, rollout, reward, algo, optim, sft,
+    metrics, train``, and the sections of rollout strategies (``tree``, ``fission``)."""
 
     model: ModelSpec = _field(default_factory=ModelSpec)
+    lora: LoRAConfig = _field(default_factory=LoRAConfig)
     mesh: MeshConfig = _field(default_factory=MeshConfig)
     data: DataConfig = _field(default_factory=DataConfig)
     env: EnvironmentConfig = _field(default_factory=EnvironmentConfig)

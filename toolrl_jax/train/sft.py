@@ -112,17 +112,22 @@ class SFTLearner:
       mesh: a ``('data', 'fsdp', 'tp')`` mesh (None: one device); needs ``model_config``.
       model_config: the model's config (sharding rules).
       micro_batch_size: rows per accumulation micro-batch (None: the whole batch).
+      frozen_params: LoRA: the frozen base (params are then the adapters only), a separate
+        non-differentiated argument of the step, as in the GRPO learner.
     """
 
     def __init__(self, graphdef, optim: OptimConfig, *, vocab_chunk: int = 8192, mesh=None,
-                 model_config: Any = None, micro_batch_size: int | None = None):
+                 model_config: Any = None, micro_batch_size: int | None = None,
+                 frozen_params: Any = None):
         self.graphdef = graphdef
+        self.frozen_params = frozen_params
         self.optimizer = make_optimizer(optim)
         self.vocab_chunk = vocab_chunk
         self.mesh = mesh
         self.micro_batch_size = micro_batch_size
         # placement (state shardings, batch sharding) is the GRPO learner's
-        self.placement = Learner(graphdef, model_config, AlgoConfig(), optim, mesh=mesh)
+        self.placement = Learner(graphdef, model_config, AlgoConfig(), optim, mesh=mesh,
+                                 frozen_params=frozen_params)
         self._step: Any = None
 
     def init_state(self, params: Any, seed: int = 0) -> TrainState:
@@ -136,27 +141,28 @@ class SFTLearner:
         """The restore target of an SFT checkpoint (shapes and shardings)."""
         return self.placement.abstract_state(params)
 
-    def loss(self, params, batch) -> tuple[jax.Array, dict]:
+    def loss(self, params, batch, frozen=None) -> tuple[jax.Array, dict]:
         lp, _ = token_logprobs(self.graphdef, params, batch, vocab_chunk=self.vocab_chunk,
-                               compute_entropy=False)
+                               compute_entropy=False, frozen=frozen)
         mask = batch["loss_mask"].astype(jnp.float32)
         n = jnp.maximum(mask.sum(), 1.0)
         nll = -(lp * mask).sum() / n
         return nll, {"sft_loss": nll, "sft_tokens": mask.sum()}
 
-    def _micro_nll(self, params, mb, n):
+    def _micro_nll(self, params, mb, n, frozen=None):
         lp, _ = token_logprobs(self.graphdef, params, mb, vocab_chunk=self.vocab_chunk,
-                               compute_entropy=False)
+                               compute_entropy=False, frozen=frozen)
         return -(lp * mb["loss_mask"].astype(jnp.float32)).sum() / n
 
-    def loss_and_grads(self, params, batch) -> tuple[jax.Array, Any, dict]:
+    def loss_and_grads(self, params, batch, frozen=None) -> tuple[jax.Array, Any, dict]:
         """``nll = -sum m log p / sum m`` and its gradient, accumulated over micro-batches."""
         bsz = batch["tokens"].shape[0]
         mbs = self.micro_batch_size or bsz
         if bsz % mbs:
             raise ConfigError(f"sft.micro_batch_size={mbs} must divide the batch of {bsz} rows")
         if mbs == bsz:
-            (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(params, batch)
+            (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(params, batch,
+                                                                                frozen)
             return loss, grads, metrics
         tokens = batch["loss_mask"].astype(jnp.float32).sum()
         n = jnp.maximum(tokens, 1.0)
@@ -165,15 +171,15 @@ class SFTLearner:
 
         def body(carry, mb):
             g_acc, l_acc = carry
-            loss, g = grad_fn(params, mb, n)
+            loss, g = grad_fn(params, mb, n, frozen)
             return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss), None
 
         init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
         (grads, loss), _ = jax.lax.scan(body, init, micro)
         return loss, grads, {"sft_loss": loss, "sft_tokens": tokens}
 
-    def _train_step(self, state: TrainState, batch):
-        _, grads, metrics = self.loss_and_grads(state.params, batch)
+    def _train_step(self, state: TrainState, batch, frozen=None):
+        _, grads, metrics = self.loss_and_grads(state.params, batch, frozen)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
@@ -182,13 +188,17 @@ class SFTLearner:
 
     def _compiled(self):
         if self._step is None:
+            frozen = self.frozen_params is not None
             if self.mesh is None:
-                self._step = jax.jit(self._train_step, donate_argnums=0)
+                step = jax.jit(self._train_step, donate_argnums=0)
             else:
                 p = self.placement
-                self._step = jax.jit(self._train_step, donate_argnums=0,
-                                     in_shardings=(p._state_shardings, p.batch_sharding),
-                                     out_shardings=(p._state_shardings, p.replicated))
+                ins = (p._state_shardings, p.batch_sharding)
+                step = jax.jit(self._train_step, donate_argnums=0,
+                               in_shardings=ins + ((p._frozen_shardings(),) if frozen else ()),
+                               out_shardings=(p._state_shardings, p.replicated))
+            self._step = (step if not frozen else
+                          lambda state, batch: step(state, batch, self.frozen_params))
         return self._step
 
     def step(self, state: TrainState, batch: Mapping[str, np.ndarray]):

@@ -44,6 +44,7 @@ from toolrl_jax.config_io import save_config
 from toolrl_jax.data.task import ToolTask
 from toolrl_jax.errors import ConfigError, DataError
 from toolrl_jax.eval.toolrl import exact_match
+from toolrl_jax.models.lora import adapters_disabled, apply_lora, shard_lora_model, split_adapters
 from toolrl_jax.models.registry import load_model
 from toolrl_jax.models.sharding import initialize_distributed_if_needed, make_mesh, param_shardings
 from toolrl_jax.rl.advantages import ESTIMATORS, CreditInputs, TokenEstimator, compute_advantages
@@ -137,6 +138,8 @@ class Trainer:
         loaded = load_model(cfg.model.name, param_dtype=cfg.model.param_dtype,
                             dtype=cfg.model.dtype, mesh=self.mesh)
         self.model, self.model_config = loaded.model, loaded.config
+        if cfg.lora.enabled:
+            self._apply_lora(cfg)
         self.tokenizer = load_tokenizer(loaded.source.tokenizer_source)
         self.template = detect_template(self.tokenizer)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
@@ -181,6 +184,28 @@ class Trainer:
     def samples_per_prompt(self) -> int:
         return self.cfg.rollout.samples_per_prompt
 
+    def _apply_lora(self, cfg: TrainConfig) -> None:
+        """Adapters on ``lora.targets`` (A from ``train.seed``, B = 0: the loaded model)."""
+        apply_lora(self.model, cfg.lora, rngs=nnx.Rngs(cfg.train.seed))
+        if self.mesh is not None:
+            shard_lora_model(self.model, cfg.lora, self.mesh)
+        adapters = split_adapters(self.model)[1]
+        self.log(f"lora: rank {cfg.lora.rank}, alpha {cfg.lora.alpha} on "
+                 f"{','.join(cfg.lora.targets)}: "
+                 f"{sum(x.size for x in jax.tree.leaves(adapters)) / 1e6:.2f}M trainable")
+
+    @property
+    def lora(self) -> bool:
+        return self.cfg.lora.enabled
+
+    def _split_trainable(self) -> tuple[nnx.GraphDef, Any, Any]:
+        """``(graphdef, trainable params, frozen params)``: LoRA trains the adapters with the
+        base frozen; else every parameter is trained (frozen None)."""
+        if self.lora:
+            return split_adapters(self.model)
+        graphdef, params = split_model(self.model)
+        return graphdef, params, None
+
     def _num_params(self) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(self.model, nnx.Param)))
 
@@ -199,10 +224,22 @@ class Trainer:
 
     @functools.cached_property
     def learner(self) -> Learner:
-        graphdef, _ = split_model(self.model)
+        graphdef, _, frozen = self._split_trainable()
+        return self._make_learner(graphdef, frozen)
+
+    def _make_learner(self, graphdef: nnx.GraphDef, frozen: Any) -> Learner:
         temperature = self.cfg.rollout.sampling.temperature
         return Learner(graphdef, self.model_config, self.cfg.algo, self.cfg.optim,
-                       temperature=temperature if temperature > 0 else 1.0, mesh=self.mesh)
+                       temperature=temperature if temperature > 0 else 1.0, mesh=self.mesh,
+                       frozen_params=frozen)
+
+    @functools.cached_property
+    def reference_learner(self) -> Learner:
+        """LoRA's KL reference: the base model (adapters off) over the learner's frozen
+        weights, no second copy."""
+        with adapters_disabled(self.model):
+            graphdef = split_adapters(self.model)[0]
+        return self._make_learner(graphdef, self.learner.frozen_params)
 
     def engine(self, kind: str) -> RolloutEngine:
         """The rollout engine for ``'train'`` (sampling) or ``'eval'`` (greedy)."""
@@ -237,8 +274,9 @@ class Trainer:
         return to_local(full, shardings)
 
     def _set_policy(self, params: Any) -> None:
-        """Copies the learner's params (pure dict) into the model and the rollout engines."""
-        state = nnx.state(self.model)
+        """Copies the learner's params (pure dict; LoRA: the adapters) into the model and the
+        rollout engines."""
+        state = nnx.state(self.model, nnx.LoRAParam) if self.lora else nnx.state(self.model)
         nnx.replace_by_pure_dict(state, params)
         nnx.update(self.model, state)
         if self._engines:
@@ -295,11 +333,11 @@ class Trainer:
         return examples
 
     def _sft_learner(self) -> tuple[SFTLearner, Any]:
-        graphdef, params = split_model(self.model)
+        graphdef, params, frozen = self._split_trainable()
         s = self.cfg.sft
         return SFTLearner(graphdef, sft_optim(self.cfg), vocab_chunk=self.cfg.algo.vocab_chunk,
                           mesh=self.mesh, model_config=self.model_config,
-                          micro_batch_size=s.micro_batch_size), params
+                          micro_batch_size=s.micro_batch_size, frozen_params=frozen), params
 
     @functools.cached_property
     def sft_checkpointer(self) -> Checkpointer:
@@ -456,9 +494,18 @@ class Trainer:
                     state.params, placed)["logprobs"])
         if a.loss.kl_coef > 0:
             with timer("ref_logprobs"):
-                batch = batch.replace(ref_logprobs=self.learner.compute_logprobs(
-                    self._reference_params(state), placed)["logprobs"])
+                learner, params = self._reference(state)
+                batch = batch.replace(ref_logprobs=learner.compute_logprobs(
+                    params, placed)["logprobs"])
         return batch
+
+    def _reference(self, state: TrainState) -> tuple[Learner, Any]:
+        """The learner and params of the KL reference: LoRA's base model (the same weights,
+        adapters off; after a LoRA SFT warm start this is the model before SFT), else
+        :meth:`_reference_params`."""
+        if self.lora:
+            return self.reference_learner, state.params
+        return self.learner, self._reference_params(state)
 
     def _reference_params(self, state: TrainState) -> Any:
         """The frozen KL reference: the policy RL starts from (captured before the first
@@ -539,8 +586,8 @@ class Trainer:
             run_metrics.log(0, after, kind="eval_after_sft")
             self.log(f"sft: {hooks_lib.dumps(sft_metrics)}; eval after sft: "
                      f"{hooks_lib.dumps(after)}")
-        _, params = split_model(self.model)
-        if self.cfg.algo.loss.kl_coef > 0:
+        _, params, _ = self._split_trainable()
+        if self.cfg.algo.loss.kl_coef > 0 and not self.lora:
             self._initial_params = _copy(params)
         return self.learner.init_state(params, seed=self.cfg.train.seed)
 
@@ -563,8 +610,8 @@ class Trainer:
                             keep=cfg.train.keep_checkpoints, warn=self.log)
         summary: dict = {}
         if cfg.train.resume and ckpt.latest_step() is not None:
-            _, params = split_model(self.model)
-            if cfg.algo.loss.kl_coef > 0:  # the loaded model, or the SFT weights
+            _, params, _ = self._split_trainable()
+            if cfg.algo.loss.kl_coef > 0 and not self.lora:  # the loaded model, or SFT's
                 self._initial_params = (_copy(params) if cfg.sft.steps <= 0
                                         else self.sft_weights())
             state, pos = ckpt.restore(self.learner.abstract_state(params))
