@@ -13,7 +13,7 @@ demo's algorithm (``configs/demo.yaml``: one PPO mini-batch, ``micro_batch_size=
 update for a ``[batch, seq]`` batch and runs it once. One JSON line per measurement:
 
 * ``phase=state``: resident set after the model, params and AdamW state exist (``rss_mib``);
-* ``phase=compile``: compile seconds; ``compiled.memory_analysis()`` (XLA's temp arena,
+* ``phase=compile``: tracing + lowering seconds (``trace_s``), XLA compile seconds; ``compiled.memory_analysis()`` (XLA's temp arena,
   argument, output, alias and generated-code bytes, in MiB); ``peak_rss_mib`` so far;
 * ``phase=step``: seconds of one executed step; ``peak_rss_mib`` so far;
 * ``what=sampler`` (``--variants`` ``sampler``): the rollout sampler's prefill and decode
@@ -119,9 +119,12 @@ def child_learner(args, variant: str) -> None:
         advantages=r.normal(size=b).astype(np.float32),
     ))
     t0 = time.perf_counter()
-    compiled = learner.train_step.lower(state, batch).compile()
-    emit(**base, phase="compile", compile_s=round(time.perf_counter() - t0, 1),
-         rss_mib=rss_mib(), **memory_fields(compiled))
+    lowered = learner.train_step.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    emit(**base, phase="compile", trace_s=round(t1 - t0, 1),
+         compile_s=round(time.perf_counter() - t1, 1), rss_mib=rss_mib(),
+         **memory_fields(compiled))
     for i in range(args.steps):
         t0 = time.perf_counter()
         state, metrics = compiled(state, batch)
