@@ -140,6 +140,10 @@ class AlgoConfig:
       micro_batch_size: rows per gradient-accumulation micro-batch (None = the whole
         mini-batch); must divide the mini-batch.
       vocab_chunk: vocabulary columns per log-prob chunk.
+      remat: rematerialise each decoder layer in the backward pass (the layers run as one
+        ``lax.scan`` with a ``jax.checkpoint``-ed body, see ``models.decoder.scan_blocks``):
+        activation memory ``O(L B T D)`` instead of keeping every layer's attention scores and
+        MLP activations, for about one more forward pass of compute. Also used by SFT.
       compute_entropy: compute the policy entropy (needed when ``loss.entropy_coef > 0``; else
         only logged).
       dynamic_sampling: DAPO dynamic sampling (arXiv 2503.14476): groups whose rewards are all
@@ -159,6 +163,7 @@ class AlgoConfig:
     ppo_minibatches: int = 1
     micro_batch_size: int | None = None
     vocab_chunk: int = 8192
+    remat: bool = True
     compute_entropy: bool = True
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 4
@@ -267,17 +272,19 @@ def token_logprobs(
     compute_entropy: bool = True,
     entropy_grad: bool = True,
     frozen: Any = None,
+    remat: bool = True,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Policy log-probs (and entropy) ``[B, T]`` aligned with ``tokens``; column 0 is 0.
 
     ``logprobs[b, t] = log p(tokens[b, t] | tokens[b, :t])`` computed from the hidden state at
     ``t - 1`` with :func:`~toolrl_jax.rl.logprobs.token_logprobs_and_entropy` (vocab chunks).
     ``frozen``: the rest of the model's params (LoRA: the frozen base), merged with ``params``.
+    ``remat``: the decoder layers as one rematerialised scan (``Decoder.hidden(remat=)``).
     """
     model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
     tokens = batch["tokens"]
     hidden, _ = model.hidden(
-        tokens, batch["positions"], segment_ids=batch.get("segment_ids")
+        tokens, batch["positions"], segment_ids=batch.get("segment_ids"), remat=remat
     )
     kernel = model.lm_head_kernel().astype(hidden.dtype)
     lp, ent = token_logprobs_and_entropy(
@@ -447,7 +454,7 @@ class Learner:
         return token_logprobs(
             self.graphdef, params, batch, vocab_chunk=cfg.vocab_chunk,
             temperature=self.temperature, compute_entropy=cfg.compute_entropy,
-            entropy_grad=cfg.loss.entropy_coef > 0, frozen=frozen,
+            entropy_grad=cfg.loss.entropy_coef > 0, frozen=frozen, remat=cfg.remat,
         )
 
     def _micro_terms(self, cparams: Any, mb: Batch, denom: jax.Array, frozen: Any = None):
