@@ -142,10 +142,14 @@ def check_critic_settings(cfg: TrainConfig) -> None:
     """``critic:`` and ``algo.gae`` settings only count with an estimator that uses a critic:
     setting them otherwise is an error (it would silently do nothing)."""
     if needs_critic(cfg.algo):
-        if cfg.rows_per_step % cfg.critic.minibatches(cfg.algo):
-            raise ConfigError(f"critic.ppo_minibatches={cfg.critic.minibatches(cfg.algo)} must "
-                              f"divide rollout.prompts_per_step*samples_per_prompt="
-                              f"{cfg.rows_per_step}")
+        c, rows = cfg.critic, cfg.rows_per_step
+        if rows % c.minibatches(cfg.algo):
+            raise ConfigError(f"critic.ppo_minibatches={c.minibatches(cfg.algo)} must divide "
+                              f"rollout.prompts_per_step*samples_per_prompt={rows}")
+        micro = c.micro_batch(cfg.algo)
+        if micro is not None and (rows // c.minibatches(cfg.algo)) % micro:
+            raise ConfigError(f"critic.micro_batch_size={micro} must divide the critic's "
+                              f"mini-batch of {rows // c.minibatches(cfg.algo)} rows")
         return
     for name, value, default in (("critic", cfg.critic, CriticConfig()),
                                  ("algo.gae", cfg.algo.gae, GAEConfig())):

@@ -69,6 +69,9 @@ class CriticConfig:
       ppo_minibatches: critic optimizer steps per rollout batch, each on ``rows / n``
         consecutive rows (null = ``algo.ppo_minibatches``, the policy's mini-batches).
       ppo_epochs: passes of those mini-batches per rollout batch (verl ``critic.ppo_epochs``).
+      micro_batch_size: rows per gradient-accumulation micro-batch of the critic (verl
+        ``critic.ppo_micro_batch_size``; null = ``algo.micro_batch_size``); must divide the
+        critic's mini-batch.
     """
 
     init: str = "policy"
@@ -76,6 +79,7 @@ class CriticConfig:
     warmup_steps: int = 0
     ppo_minibatches: int | None = None
     ppo_epochs: int = 1
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.init:
@@ -87,9 +91,15 @@ class CriticConfig:
                               f"{self.ppo_minibatches}")
         if self.ppo_epochs < 1:
             raise ConfigError(f"critic.ppo_epochs: must be >= 1, got {self.ppo_epochs}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"critic.micro_batch_size: must be >= 1 or null, got "
+                              f"{self.micro_batch_size}")
 
     def minibatches(self, algo: AlgoConfig) -> int:
         return self.ppo_minibatches or algo.ppo_minibatches
+
+    def micro_batch(self, algo: AlgoConfig) -> int | None:
+        return self.micro_batch_size or algo.micro_batch_size
 
 
 def needs_critic(algo: AlgoConfig) -> bool:
@@ -136,7 +146,8 @@ class CriticStage:
         self.cfg, self.algo, self.mesh = cfg, algo, mesh
         self.graphdef, self.model_config = graphdef, model_config
         self.optimizer = make_optimizer(cfg.optim)
-        self._update = make_critic_update(graphdef, self.optimizer, vf_clip=algo.gae.vf_clip)
+        self._update = make_critic_update(graphdef, self.optimizer, vf_clip=algo.gae.vf_clip,
+                                          micro_batch_size=cfg.micro_batch(algo), mesh=mesh)
         self._values = make_values_fn(graphdef)
         kw = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P(("data", "fsdp")))}
         self._slice = jax.jit(lambda b, s, n: jax.tree.map(
