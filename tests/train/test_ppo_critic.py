@@ -16,6 +16,7 @@ import pytest
 from toolrl_jax.config_io import load_config
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl.train_step import TrainState
+from toolrl_jax.train import hooks as hooks_lib
 from toolrl_jax.train.config import TrainConfig
 from toolrl_jax.train.critic_stage import ActorCriticState
 from toolrl_jax.train.metrics import read_metrics
@@ -23,6 +24,7 @@ from toolrl_jax.train.rewards import REWARD_COMPONENTS, ComponentScore
 
 STEPS = 20
 WARMUP = 2  # critic-only steps
+EPOCHS = 4  # critic passes per rollout batch
 
 
 @REWARD_COMPONENTS.register("prompt_hash", overwrite=True)
@@ -42,11 +44,24 @@ def _cfg(model_dir, out_dir, steps, *extra):
         "reward.components={toolrl: 0.0, prompt_hash: 1.0}",
         "algo.advantage.estimator=gae", "algo.gae.kl_coef=0.001", "algo.ppo_minibatches=2",
         "algo.micro_batch_size=2", "algo.loss.entropy_coef=0.0", "optim.learning_rate=1e-3",
-        "critic.optim.learning_rate=3e-3", f"critic.warmup_steps={WARMUP}", *extra])
+        "critic.optim.learning_rate=3e-3", f"critic.ppo_epochs={EPOCHS}",
+        f"critic.warmup_steps={WARMUP}", *extra])
 
 
 def _train_records(run_dir):
     return [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_persistent_compilation_cache(compilation_cache):
+    """Bit-identical resume is checked with fresh compiles: an executable loaded from the
+    persistent cache (tests/train/conftest.py) can differ from a fresh compile of the same
+    program in the last bits, which the resumed run would otherwise inherit."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +92,41 @@ def test_critic_learns_the_value_and_warmup_skips_the_policy(full_run):
     curve = [(round(r["critic/vf_loss"], 4), round(r["critic/explained_variance"], 3))
              for r in recs]
     assert last("vf_loss") < 0.5 * first("vf_loss"), curve
-    assert last("explained_variance") > first("explained_variance") + 0.2, curve
+    assert last("explained_variance") > max(0.5, first("explained_variance") + 0.4), curve
     # returns of gamma = lam = 1 are the outcome reward minus the tiny KL penalty
     assert all(-0.05 < r["critic/returns_mean"] < 1.05 for r in recs)
 
 
+class StopAfter(hooks_lib.Hook):
+    """Requests a pre-emption after step ``step``: the checkpoint hook then saves that step
+    synchronously and the run exits with ``SystemExit(143)`` (what SIGTERM does)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer, run, step, metrics):
+        if step == self.step:
+            run.checkpointer.request_preemption()
+
+
 @pytest.mark.slow
 def test_resume_with_the_critic_is_bit_identical(full_run, tiny_model_dir, tmp_path):
-    """Stopped after step 4 (checkpoint at 4), resumed to step 6: steps 5-6 equal the
-    uninterrupted run's exactly, the critic's metrics too (the critic is in the checkpoint)."""
+    """The same 20-step run stopped after step 4 (pre-emption save) and resumed to the end:
+    every later step's metrics equal the uninterrupted run's exactly, the critic's too (its
+    params, AdamW state and step counter are in the checkpoint)."""
     from toolrl_jax.train.trainer import Trainer
 
-    Trainer(_cfg(tiny_model_dir, tmp_path, 4)).train()
-    resumed = Trainer(_cfg(tiny_model_dir, tmp_path, 6))
+    stopped = Trainer(_cfg(tiny_model_dir, tmp_path, STEPS))
+    hooks = hooks_lib.default_hooks(stopped.cfg)
+    hooks.insert(next(i for i, h in enumerate(hooks) if isinstance(h, hooks_lib.Checkpoint)),
+                 StopAfter(4))
+    with pytest.raises(SystemExit):
+        stopped.train(hooks)
+    resumed = Trainer(_cfg(tiny_model_dir, tmp_path, STEPS))
     run = resumed.start_run()
     try:
         assert run.start_step == 4 and isinstance(run.state, ActorCriticState)
-        assert int(run.state.critic.step) == 4 * 2  # 4 steps x 2 critic mini-batches
+        assert int(run.state.critic.step) == 4 * 2 * EPOCHS  # steps x mini-batches x epochs
         assert int(run.state.policy.step) == (4 - WARMUP) * 2
     finally:
         run.checkpointer.close()
@@ -101,7 +134,8 @@ def test_resume_with_the_critic_is_bit_identical(full_run, tiny_model_dir, tmp_p
     resumed.train()
     split = {r["step"]: r for r in _train_records(tmp_path)}
     full = {r["step"]: r for r in full_run}
-    for step in (5, 6):
+    assert sorted(split) == list(range(1, STEPS + 1))
+    for step in range(5, STEPS + 1):
         keys = [k for k in full[step] if not k.startswith("time_") and k != "rollout_tokens_per_s"]
         assert {k: split[step][k] for k in keys} == {k: full[step][k] for k in keys}, step
 
@@ -129,7 +163,7 @@ def test_only_an_estimator_with_values_builds_the_critic(tiny_model_dir, tmp_pat
         for k in keys:
             other = other[k]
         np.testing.assert_array_equal(np.asarray(leaf), np.asarray(other))
-    assert gae.cfg.critic.optim.total_steps == 1 * 2  # derived: steps x critic mini-batches
+    assert gae.cfg.critic.optim.total_steps == 1 * 2 * EPOCHS  # steps x mini-batches x epochs
 
     grpo_cfg = load_config(TrainConfig, None, [
         f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path / 'grpo'}", "train.steps=1",
@@ -156,3 +190,61 @@ def test_critic_minibatches_must_divide_the_batch():
                                         "rollout.prompts_per_step=2",
                                         "rollout.samples_per_prompt=2",
                                         "critic.ppo_minibatches=3"])
+
+
+MESH_SCRIPT = """
+import json, sys
+import numpy as np
+from toolrl_jax.config_io import load_config
+from toolrl_jax.train import hooks as hooks_lib
+from toolrl_jax.train.config import TrainConfig
+from toolrl_jax.train.metrics import read_metrics
+from toolrl_jax.train.trainer import Trainer
+args = sys.argv[1:]
+Trainer(load_config(TrainConfig, None, args + ['train.steps=1'])).train()
+resumed = Trainer(load_config(TrainConfig, None, args + ['train.steps=2']))
+run = resumed.start_run()
+critic = run.state.critic.params
+out = {'start': run.start_step,
+       'head': [list(s.data.shape) for s in critic['value_head']['kernel'].addressable_shards],
+       'embed_spec': str(critic['decoder']['embed']['embedding'].sharding.spec)}
+run.checkpointer.close(); run.metrics.close()
+resumed.train()
+recs = [r for r in read_metrics(resumed.run_dir) if r['kind'] == 'train']
+out['metrics'] = {k: [r[k] for r in recs] for k in ('critic/vf_loss', 'critic/explained_variance',
+                                                   'loss', 'reward')}
+print('RESULT ' + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_critic_on_an_eight_device_mesh_trains_and_resumes(tiny_model_dir, tmp_path):
+    """(data 2, fsdp 4) on 8 simulated CPU devices: the critic's params and AdamW state live on
+    the mesh (its head split over fsdp), micro-batches keep the rows sharded, and a resumed run
+    restores the critic onto the same shardings."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    args = [f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path / 'run'}",
+            "train.checkpoint_every=1", "train.plot=false", "train.eval_limit=1",
+            "data.num_train=8", "data.num_eval=1", "data.prompt_style=compact",
+            "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=4", "rollout.num_slots=16", "mesh.data=2", "mesh.fsdp=4",
+            "algo.advantage.estimator=gae", "algo.micro_batch_size=8",
+            "algo.loss.entropy_coef=0.0", "critic.micro_batch_size=8"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next(x for x in proc.stdout.splitlines()
+                          if x.startswith("RESULT "))[len("RESULT "):])
+    assert res["start"] == 1
+    assert res["head"] == [[8, 1]] * 8  # kernel [32, 1] split 4 ways over fsdp, x2 over data
+    assert "fsdp" in res["embed_spec"]
+    for key, values in res["metrics"].items():
+        assert len(values) == 2 and all(np.isfinite(values)), key
