@@ -207,7 +207,7 @@ run = resumed.start_run()
 critic = run.state.critic.params
 out = {'start': run.start_step,
        'head': [list(s.data.shape) for s in critic['value_head']['kernel'].addressable_shards],
-       'embed_spec': str(critic['decoder']['embed']['embedding'].sharding.spec)}
+       'kernel_spec': str(critic['decoder']['layers'][0]['mlp']['up_proj']['kernel'].sharding.spec)}
 run.checkpointer.close(); run.metrics.close()
 resumed.train()
 recs = [r for r in read_metrics(resumed.run_dir) if r['kind'] == 'train']
@@ -245,6 +245,6 @@ def test_critic_on_an_eight_device_mesh_trains_and_resumes(tiny_model_dir, tmp_p
                           if x.startswith("RESULT "))[len("RESULT "):])
     assert res["start"] == 1
     assert res["head"] == [[8, 1]] * 8  # kernel [32, 1] split 4 ways over fsdp, x2 over data
-    assert "fsdp" in res["embed_spec"]
+    assert "fsdp" in res["kernel_spec"]
     for key, values in res["metrics"].items():
         assert len(values) == 2 and all(np.isfinite(values)), key
