@@ -1,9 +1,10 @@
 """PPO with a learned critic in the trainer (``algo.advantage.estimator: gae``).
 
 A tiny random model on two fixed prompts, with a reward that is a fixed function of the prompt
-(so the critic can predict it from any prefix): the value loss falls and the explained variance rises; a run
-stopped after its checkpoint and resumed reproduces every per-step metric of the uninterrupted
-run bit for bit (critic included); the critic is built only for an estimator that needs values.
+(so the critic can predict it from any prefix): the value loss falls and the explained variance
+rises; a run stopped after its checkpoint resumes from the exact state (critic included) and
+matches the uninterrupted run; the critic also runs on an 8-device mesh; it is built only for
+an estimator that needs values.
 """
 
 from __future__ import annotations
