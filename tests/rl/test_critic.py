@@ -157,3 +157,28 @@ def test_critic_update_and_lora_on_an_8_device_mesh():
     lora = res["lora"]
     assert lora["max_diff"] <= 1e-5, lora
     assert lora["lora_a_spec"] == "P('fsdp',)" and lora["lora_a_frac"] == 0.25
+
+
+def test_micro_batched_update_equals_the_whole_batch_update():
+    """Gradient accumulation over 4 micro-batches (rows m::4) = one step on the whole batch."""
+    critic = ValueModel.create(CONFIG, rngs=nnx.Rngs(2))
+    graphdef, params = split_value_model(critic)
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda x: x + 0.05 * rng.normal(size=x.shape).astype(x.dtype), params)
+    batch = {k: jnp.asarray(v) for k, v in _batch(seed=4).items()}
+    batch["old_values"] = jnp.asarray(rng.normal(size=batch["returns"].shape), jnp.float32)
+    optimizer = optax.sgd(0.1)
+    whole = make_critic_update(graphdef, optimizer, vf_clip=0.5, donate=False)
+    micro = make_critic_update(graphdef, optimizer, vf_clip=0.5, donate=False,
+                               micro_batch_size=2)
+    p1, _, m1 = whole(params, optimizer.init(params), batch)
+    p2, _, m2 = micro(params, optimizer.init(params), batch)
+    for k in ("vf_loss", "vf_clip_frac", "value_mean", "return_mean", "explained_variance",
+              "critic_grad_norm"):
+        np.testing.assert_allclose(float(m2[k]), float(m1[k]), rtol=2e-5, atol=1e-6, err_msg=k)
+    assert 0.0 < float(m1["vf_clip_frac"]) < 1.0
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch_size=3"):
+        make_critic_update(graphdef, optimizer, micro_batch_size=3)(params,
+                                                                    optimizer.init(params), batch)

@@ -169,3 +169,40 @@ def test_config_errors():
         gae_lib.GAEConfig(gamma=1.5)
     with pytest.raises(ConfigError, match="vf_clip"):
         gae_lib.GAEConfig(vf_clip=0.0)
+    with pytest.raises(ConfigError, match="kl_coef"):
+        gae_lib.GAEConfig(kl_coef=-0.1)
+    with pytest.raises(ConfigError, match="kl_estimator"):
+        gae_lib.GAEConfig(kl_estimator="k9")
+
+
+def test_gae_estimator_is_registered_and_matches_the_reference():
+    """``algo.advantage.estimator: gae``: outcome reward on the last action minus beta * k1 KL,
+    GAE over the actions (holes skipped), whitened; numpy reference."""
+    import dataclasses
+
+    from toolrl_jax.rl.advantages import ESTIMATORS, CreditInputs, TokenEstimator
+    from toolrl_jax.rl.train_step import AlgoConfig
+
+    est = ESTIMATORS.get("gae")
+    assert isinstance(est, TokenEstimator) and est.needs_values
+    _, values, mask = _ragged_multiturn_batch(seed=5)
+    rng = np.random.default_rng(6)
+    seq = rng.normal(size=mask.shape[0])
+    old, ref = rng.normal(size=mask.shape), rng.normal(size=mask.shape)
+    algo = AlgoConfig(gae=gae_lib.GAEConfig(gamma=0.95, lam=0.9, kl_coef=0.05))
+    inputs = CreditInputs(rewards=seq, group_ids=np.zeros(5, np.int32), num_groups=1,
+                          loss_mask=mask, token_turn=np.full(mask.shape, -1), algo=algo,
+                          values=values, old_logprobs=old, ref_logprobs=ref)
+    r = -0.05 * (old - ref) * mask
+    for i, last in enumerate([8, 7, 11, -1, 9]):
+        if last >= 0:
+            r[i, last] += seq[i]
+    adv, ret = _ref_gae(r, values, mask, 0.95, 0.9)
+    out = gae_lib.gae_from_credit(inputs)
+    np.testing.assert_allclose(np.asarray(out.advantages), _ref_whiten(adv, mask), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.returns), ret, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(est(inputs)), np.asarray(out.advantages))
+    with pytest.raises(ValueError, match="values"):
+        gae_lib.gae_from_credit(dataclasses.replace(inputs, values=None))
+    with pytest.raises(ValueError, match="kl_coef"):
+        gae_lib.gae_from_credit(dataclasses.replace(inputs, ref_logprobs=None))

@@ -43,12 +43,15 @@ Value loss (PPO's clipped value loss, as in verl ``compute_value_loss`` / TRL)::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.rl.advantages import ESTIMATORS, CreditInputs, TokenEstimator
 from toolrl_jax.rl.losses import KLEstimator, kl_penalty
 
 
@@ -62,12 +65,18 @@ class GAEConfig:
       whiten: whiten the advantages over the batch's actions (verl: always for GAE).
       vf_clip: value clip range ``c`` around the rollout-time values (verl
         ``critic.cliprange_value`` 0.5); None = unclipped squared error.
+      kl_coef: ``beta`` of the per-token KL penalty in the token rewards (verl
+        ``algorithm.use_kl_in_reward`` with ``kl_ctrl.kl_coef``; released ToolRL: 0.001). It is
+        not the KL *loss* ``algo.loss.kl_coef``: the two are separate, as in verl. 0 = off.
+      kl_estimator: estimator of that per-token KL (verl ``algorithm.kl_penalty``; ``k1``).
     """
 
     gamma: float = 1.0
     lam: float = 1.0
     whiten: bool = True
     vf_clip: float | None = 0.5
+    kl_coef: float = 0.0
+    kl_estimator: KLEstimator = "k1"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
@@ -76,6 +85,11 @@ class GAEConfig:
             raise ConfigError(f"algo.gae.lam: must be in [0, 1], got {self.lam}")
         if self.vf_clip is not None and not self.vf_clip > 0:
             raise ConfigError(f"algo.gae.vf_clip: must be > 0 or null, got {self.vf_clip}")
+        if not self.kl_coef >= 0:
+            raise ConfigError(f"algo.gae.kl_coef: must be >= 0, got {self.kl_coef}")
+        if self.kl_estimator not in typing.get_args(KLEstimator):
+            raise ConfigError(f"algo.gae.kl_estimator: {self.kl_estimator!r} is not one of "
+                              f"{', '.join(typing.get_args(KLEstimator))}")
 
 
 class GAEOutput(NamedTuple):
@@ -292,3 +306,38 @@ def gae_metrics(out: GAEOutput, values: jax.Array, loss_mask: jax.Array) -> dict
         "value_mean": masked_mean(values.astype(jnp.float32), loss_mask),
         "explained_variance": explained_variance(out.returns, values, loss_mask),
     }
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _gae_of_rollout(rewards, loss_mask, values, old_logprobs, ref_logprobs, config: GAEConfig):
+    r = token_rewards(rewards, loss_mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                      kl_coef=config.kl_coef, kl_estimator=config.kl_estimator)
+    return compute_gae(r, values, loss_mask, config)
+
+
+def gae_from_credit(inputs: CreditInputs) -> GAEOutput:
+    """GAE advantages and returns ``[B, T]`` of a rollout batch (the ``gae`` estimator).
+
+    Token rewards (:func:`token_rewards`): each row's outcome reward on its last action minus
+    ``algo.gae.kl_coef`` x the per-token KL of ``old_logprobs`` to ``ref_logprobs``; then
+    :func:`compute_gae` with the rollout-time ``values`` and ``algo.gae``. Jitted with the
+    config static; pass ``[B, T]`` arrays of one fixed ``T`` (the padded batch) to compile once.
+    """
+    g: GAEConfig = inputs.algo.gae
+    if inputs.values is None:
+        raise ValueError("the gae estimator needs critic values (CreditInputs.values)")
+    kl = g.kl_coef > 0
+    if kl and (inputs.old_logprobs is None or inputs.ref_logprobs is None):
+        raise ValueError("algo.gae.kl_coef > 0 needs old_logprobs and ref_logprobs")
+    return _gae_of_rollout(
+        jnp.asarray(inputs.rewards, jnp.float32), jnp.asarray(inputs.loss_mask, jnp.float32),
+        jnp.asarray(inputs.values, jnp.float32),
+        inputs.old_logprobs if kl else None, inputs.ref_logprobs if kl else None, g)
+
+
+#: ``algo.advantage.estimator: gae``: PPO with a learned critic (per-token GAE advantages).
+ESTIMATORS.register("gae")(TokenEstimator(lambda x: gae_from_credit(x).advantages,
+                                          needs_values=True))

@@ -70,6 +70,7 @@ from toolrl_jax.models.lora import adapter_specs
 from toolrl_jax.models.sharding import param_partition_specs
 from toolrl_jax.rl import advantages as advantages_lib
 from toolrl_jax.rl import losses as losses_lib
+from toolrl_jax.rl.gae import GAEConfig
 from toolrl_jax.rl.logprobs import token_logprobs_and_entropy
 from toolrl_jax.rl.turn_advantages import TurnAdvantageConfig  # also registers turn_grpo
 
@@ -135,6 +136,9 @@ class AlgoConfig:
     Attributes:
       advantage: :class:`~toolrl_jax.rl.advantages.AdvantageConfig` (``algo.advantage.*``).
       loss: :class:`~toolrl_jax.rl.losses.LossConfig` (``algo.loss.*``).
+      gae: :class:`~toolrl_jax.rl.gae.GAEConfig` (``algo.gae.*``): gamma, lambda, whitening,
+        value clip and the KL-in-reward penalty of ``advantage.estimator: gae`` (PPO with a
+        critic; the critic's own settings are the ``critic:`` section).
       ppo_minibatches: optimizer steps per rollout batch; each takes ``rows / ppo_minibatches``
         consecutive rows and reuses the old log-probs computed once before the first.
       micro_batch_size: rows per gradient-accumulation micro-batch (None = the whole
@@ -160,6 +164,7 @@ class AlgoConfig:
         default_factory=advantages_lib.AdvantageConfig
     )
     loss: losses_lib.LossConfig = dataclasses.field(default_factory=losses_lib.LossConfig)
+    gae: GAEConfig = dataclasses.field(default_factory=GAEConfig)
     ppo_minibatches: int = 1
     micro_batch_size: int | None = None
     vocab_chunk: int = 8192

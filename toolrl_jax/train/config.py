@@ -19,8 +19,10 @@ from typing import Literal
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.models.lora import LoRAConfig
 from toolrl_jax.models.sharding import MeshConfig
+from toolrl_jax.rl.gae import GAEConfig
 from toolrl_jax.rl.train_step import AlgoConfig, OptimConfig
 from toolrl_jax.rollout.engine import RolloutConfig
+from toolrl_jax.train.critic_stage import CriticConfig, needs_critic
 from toolrl_jax.train.environments import EnvironmentConfig
 from toolrl_jax.train.fission import FissionConfig
 from toolrl_jax.train.metrics import MetricsConfig
@@ -92,7 +94,8 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """The whole run: ``model, lora, mesh, data, env, rollout, reward, algo, optim, sft,
-    metrics, train``, and the sections of rollout strategies (``tree``, ``fission``)."""
+    metrics, train``, the sections of rollout strategies (``tree``, ``fission``) and the PPO
+    critic (``critic``, used when ``algo.advantage.estimator`` needs values: ``gae``)."""
 
     model: ModelSpec = _field(default_factory=ModelSpec)
     lora: LoRAConfig = _field(default_factory=LoRAConfig)
@@ -108,12 +111,17 @@ class TrainConfig:
     train: RunConfig = _field(default_factory=RunConfig)
     tree: TreeConfig = _field(default_factory=TreeConfig)  # rollout.strategy=tree (PORTool)
     fission: FissionConfig = _field(default_factory=FissionConfig)  # rollout.strategy=fission
+    critic: CriticConfig = _field(default_factory=CriticConfig)  # estimator=gae (PPO)
 
     def __post_init__(self) -> None:
         ROLLOUT_STRATEGIES.get(self.rollout.strategy)
         SFT_SOURCES.get(self.sft.source)
         check_batch_geometry(self)
         check_turn_credit(self.reward, self.algo)  # turn_grpo needs a turn-scoring component
+        check_critic_settings(self)
+        if self.lora.enabled and needs_critic(self.algo):
+            raise ConfigError("lora.enabled with algo.advantage.estimator=gae: the critic is not "
+                              "built from a LoRA policy yet; use lora.enabled=false or grpo")
         if self.rollout.max_turns > 1 and not self.env.multi_turn:
             raise ConfigError(f"rollout.max_turns={self.rollout.max_turns} needs tools: set env.name "
                               "(e.g. env.name=generated_tools), or rollout.max_turns=1")
@@ -136,6 +144,27 @@ def check_batch_geometry(cfg: TrainConfig) -> None:
                           f"mini-batch of {mini} rows (rows / algo.ppo_minibatches)")
 
 
+def check_critic_settings(cfg: TrainConfig) -> None:
+    """``critic:`` and ``algo.gae`` settings only count with an estimator that uses a critic:
+    setting them otherwise is an error (it would silently do nothing)."""
+    if needs_critic(cfg.algo):
+        c, rows = cfg.critic, cfg.rows_per_step
+        if rows % c.minibatches(cfg.algo):
+            raise ConfigError(f"critic.ppo_minibatches={c.minibatches(cfg.algo)} must divide "
+                              f"rollout.prompts_per_step*samples_per_prompt={rows}")
+        micro = c.micro_batch(cfg.algo)
+        if micro is not None and (rows // c.minibatches(cfg.algo)) % micro:
+            raise ConfigError(f"critic.micro_batch_size={micro} must divide the critic's "
+                              f"mini-batch of {rows // c.minibatches(cfg.algo)} rows")
+        return
+    for name, value, default in (("critic", cfg.critic, CriticConfig()),
+                                 ("algo.gae", cfg.algo.gae, GAEConfig())):
+        if value != default:
+            raise ConfigError(f"{name}: set, but algo.advantage.estimator="
+                              f"{cfg.algo.advantage.estimator} uses no critic; set "
+                              f"algo.advantage.estimator=gae or remove the {name} settings")
+
+
 def bucket(n: int, multiple: int = 64) -> int:
     """``n`` rounded up to a multiple of ``multiple`` (at least one multiple)."""
     return max(multiple, -(-n // multiple) * multiple)
@@ -147,7 +176,8 @@ def resolve(cfg: TrainConfig, *, longest_prompt: int) -> TrainConfig:
     * ``optim.total_steps`` (0): RL steps x PPO mini-batches (the optimizer steps of the run);
     * ``rollout.max_total_len`` (0): the longest prompt plus every turn's tokens and
       observations, rounded up to a multiple of 64 (one compiled shape per run);
-    * ``rollout.num_slots``: at most the rows of one step.
+    * ``rollout.num_slots``: at most the rows of one step;
+    * ``critic.optim.total_steps`` (0, with a critic): RL steps x critic mini-batches x epochs.
     """
     r = cfg.rollout
     total_steps = cfg.optim.total_steps or max(cfg.train.steps * cfg.algo.ppo_minibatches,
@@ -159,7 +189,13 @@ def resolve(cfg: TrainConfig, *, longest_prompt: int) -> TrainConfig:
     rollout = dataclasses.replace(r, max_total_len=total_len,
                                   num_slots=max(1, min(r.num_slots, cfg.rows_per_step)))
     optim = dataclasses.replace(cfg.optim, total_steps=int(total_steps))
-    return dataclasses.replace(cfg, rollout=rollout, optim=optim)
+    c = cfg.critic
+    if needs_critic(cfg.algo):
+        critic_steps = c.optim.total_steps or max(
+            cfg.train.steps * c.minibatches(cfg.algo) * c.ppo_epochs, c.optim.warmup_steps + 1)
+        c = dataclasses.replace(c, optim=dataclasses.replace(c.optim,
+                                                             total_steps=int(critic_steps)))
+    return dataclasses.replace(cfg, rollout=rollout, optim=optim, critic=c)
 
 
 def sft_optim(cfg: TrainConfig) -> OptimConfig:

@@ -8,7 +8,10 @@ One step, as data::
                 ``algo.dynamic_sampling`` constant groups are dropped and more prompts sampled
     advantages  jitted estimator (``algo.advantage.estimator``) over the groups -> TrainBatch
     log-probs   old log-probs (PPO mini-batches) and reference log-probs (KL), once per batch
-    update      ``algo.ppo_minibatches`` optimizer steps (Learner.ppo_update)
+    critic      with a critic (``estimator: gae``): rollout-time values -> GAE advantages and
+                returns (``train.critic_stage``)
+    update      ``algo.ppo_minibatches`` optimizer steps (Learner.ppo_update); then the
+                critic's update on the same mini-batches
 
 then the hooks (``toolrl_jax.train.hooks``): non-finite guard, metrics, held-out evaluation,
 checkpoint (Orbax; async; SIGTERM-safe), plots. Every component is chosen by name from a
@@ -58,6 +61,7 @@ from toolrl_jax.train import hooks as hooks_lib
 from toolrl_jax.train.batch import Collected, TrainBatch, informative_groups, select_groups
 from toolrl_jax.train.checkpoint import Checkpointer
 from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
+from toolrl_jax.train.critic_stage import ActorCriticState, Credit, CriticStage, needs_critic
 from toolrl_jax.train.distributed import (
     Shares,
     barrier,
@@ -161,6 +165,7 @@ class Trainer:
         self.strategy = ROLLOUT_STRATEGIES.get(cfg.rollout.strategy)
         self._engines: dict[str, RolloutEngine] = {}
         self._initial_params: Any = None
+        self.critic: CriticStage | None = None  # built with the RL state (initial_state)
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -455,6 +460,8 @@ class Trainer:
         estimator = ESTIMATORS.get(self.cfg.algo.advantage.estimator)
         if b.token_advantages is not None:  # per-token advantages of the strategy (trees)
             adv = np.asarray(b.token_advantages(np.asarray(collected.scores.total)))
+        elif isinstance(estimator, TokenEstimator) and estimator.needs_values:
+            adv = np.zeros(rows, np.float32)  # GAE needs the values: filled by critic_credit
         elif isinstance(estimator, TokenEstimator):  # per-token credit (turns, critic)
             adv = np.asarray(estimator(self.credit_inputs(collected)))
         else:
@@ -488,11 +495,11 @@ class Trainer:
         placed = self.learner.shard_batch({"tokens": batch.tokens, "positions": batch.positions,
                                            "segment_ids": batch.segment_ids})
         batch = batch.replace(**placed)  # on the mesh once; ppo_update keeps device arrays
-        if a.ppo_minibatches > 1:
+        if a.ppo_minibatches > 1 or a.gae.kl_coef > 0:
             with timer("logprobs"):
                 batch = batch.replace(old_logprobs=self.learner.compute_logprobs(
                     state.params, placed)["logprobs"])
-        if a.loss.kl_coef > 0:
+        if _needs_reference(a):
             with timer("ref_logprobs"):
                 learner, params = self._reference(state)
                 batch = batch.replace(ref_logprobs=learner.compute_logprobs(
@@ -518,20 +525,56 @@ class Trainer:
             self._initial_params = _copy(state.params)
         return self._initial_params
 
-    def step(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
-        """One RL step: collect -> advantages -> log-probs -> update; returns its metrics."""
+    def critic_credit(self, state: ActorCriticState, collected: Collected, batch: TrainBatch
+                      ) -> tuple[TrainBatch, Credit]:
+        """Rollout-time critic values and the GAE advantages of the batch (which replace its
+        placeholder advantages); computed on the padded batch (one compiled shape)."""
+        values = self.critic.values(state.critic, batch.as_dict())
+        inputs = self.credit_inputs(collected, values=values, old_logprobs=batch.old_logprobs,
+                                    ref_logprobs=batch.ref_logprobs)
+        length = int(np.shape(batch.loss_mask)[1])
+        turn = np.asarray(inputs.token_turn)
+        turn = np.pad(turn, ((0, 0), (0, length - turn.shape[1])), constant_values=-1)
+        credit = self.critic.credit(dataclasses.replace(inputs, loss_mask=batch.loss_mask,
+                                                        token_turn=turn))
+        return batch.replace(advantages=credit.advantages), credit
+
+    def step(self, state: TrainState | ActorCriticState, step: int
+             ) -> tuple[TrainState | ActorCriticState, dict]:
+        """One RL step: collect -> advantages -> log-probs -> (critic values, GAE) -> update
+        (policy, then critic); returns its metrics. With a critic, ``state`` is an
+        :class:`ActorCriticState` and the first ``critic.warmup_steps`` steps skip the policy
+        update."""
         timer = StageTimer()
         with timer("rollout"):
             collected = self.collect(step)
         with timer("advantages"):
             batch = self.make_batch(collected)
-        batch = self.add_logprobs(state, batch, timer)
-        with timer("update"):
-            state, updates = self.learner.ppo_update(
-                state, batch.as_dict(), num_mini_batches=self.cfg.algo.ppo_minibatches)
-            updates = jax.device_get(updates)
-        self._set_policy(state.params)
-        return state, self.step_metrics(collected, batch, updates, timer)
+        with_critic = isinstance(state, ActorCriticState)
+        policy = state.policy if with_critic else state
+        batch = self.add_logprobs(policy, batch, timer)
+        if with_critic:
+            with timer("critic_values"):
+                batch, credit = self.critic_credit(state, collected, batch)
+        updates: list[dict] = [{}]
+        if not (with_critic and step < self.cfg.critic.warmup_steps):
+            with timer("update"):
+                policy, updates = self.learner.ppo_update(
+                    policy, batch.as_dict(), num_mini_batches=self.cfg.algo.ppo_minibatches)
+                updates = jax.device_get(updates)
+            self._set_policy(policy.params)
+        if not with_critic:
+            return policy, self.step_metrics(collected, batch, updates, timer)
+        with timer("critic_update"):
+            critic, critic_metrics = self.critic.update(state.critic, {
+                "tokens": batch.tokens, "positions": batch.positions,
+                "segment_ids": batch.segment_ids, "loss_mask": batch.loss_mask,
+                "returns": credit.returns, "old_values": credit.values})
+        metrics = self.step_metrics(collected, batch, updates, timer)
+        metrics.update({f"critic/{k}": float(v) for k, v in
+                        {**jax.device_get(credit.metrics), **critic_metrics}.items()})
+        metrics["critic/warmup"] = int(step < self.cfg.critic.warmup_steps)
+        return ActorCriticState(policy=policy, critic=critic), metrics
 
     def step_metrics(self, c: Collected, batch: TrainBatch, updates: list[dict],
                      timer: StageTimer) -> dict:
@@ -586,10 +629,35 @@ class Trainer:
             run_metrics.log(0, after, kind="eval_after_sft")
             self.log(f"sft: {hooks_lib.dumps(sft_metrics)}; eval after sft: "
                      f"{hooks_lib.dumps(after)}")
-        _, params, _ = self._split_trainable()
-        if self.cfg.algo.loss.kl_coef > 0 and not self.lora:
-            self._initial_params = _copy(params)
-        return self.learner.init_state(params, seed=self.cfg.train.seed)
+        if _needs_reference(self.cfg.algo) and not self.lora:  # LoRA: the base, adapters off
+            self._initial_params = _copy(self._split_trainable()[1])
+        return self.initial_state()
+
+    def initial_state(self) -> TrainState | ActorCriticState:
+        """A fresh RL state from the model as it is now (after SFT): the learner's
+        :class:`TrainState`, with the critic's (:class:`ActorCriticState`) when the estimator
+        needs values."""
+        policy = self.learner.init_state(self._split_trainable()[1], seed=self.cfg.train.seed)
+        if not needs_critic(self.cfg.algo):
+            return policy
+        critic_params = self._build_critic()
+        return ActorCriticState(policy=policy, critic=self.critic.init_state(critic_params))
+
+    def abstract_state(self, params: Any) -> TrainState | ActorCriticState:
+        """The restore target of :meth:`initial_state`'s state (shapes and shardings)."""
+        policy = self.learner.abstract_state(params)
+        if not needs_critic(self.cfg.algo):
+            return policy
+        critic_params = self._build_critic()
+        return ActorCriticState(policy=policy, critic=self.critic.abstract_state(critic_params))
+
+    def _build_critic(self) -> Any:
+        """Builds :attr:`critic` (``critic.init``); returns the critic's initial params."""
+        if jax.process_count() > 1:
+            raise ConfigError("algo.advantage.estimator=gae: the critic runs on one process for "
+                              "now; use one process (several devices are fine)")
+        self.critic, params = CriticStage.build(self.model, self.cfg, mesh=self.mesh)
+        return params
 
     def start_run(self) -> hooks_lib.RunState:
         """Resumes from the newest checkpoint, or starts fresh (evaluations, SFT)."""
@@ -611,14 +679,15 @@ class Trainer:
         summary: dict = {}
         if cfg.train.resume and ckpt.latest_step() is not None:
             _, params, _ = self._split_trainable()
-            if cfg.algo.loss.kl_coef > 0 and not self.lora:  # the loaded model, or SFT's
+            if _needs_reference(cfg.algo) and not self.lora:  # the loaded model, or SFT's
                 self._initial_params = (_copy(params) if cfg.sft.steps <= 0
                                         else self.sft_weights())
-            state, pos = ckpt.restore(self.learner.abstract_state(params))
-            start = int(pos.get("step", int(state.step) // cfg.algo.ppo_minibatches))
+            state, pos = ckpt.restore(self.abstract_state(params))
+            policy = state.policy if isinstance(state, ActorCriticState) else state
+            start = int(pos.get("step", int(policy.step) // cfg.algo.ppo_minibatches))
             summary = dict(pos.get("summary", {}))
             metrics.resume_at(start)  # records after the checkpoint are logged again
-            self._set_policy(state.params)
+            self._set_policy(policy.params)
             self.log(f"resumed from {ckpt.directory} at step {start}")
         else:
             state, start = self._fresh_state(metrics, ckpt, summary), 0
@@ -651,6 +720,11 @@ class Trainer:
         if self.primary:
             (self.run_dir / "summary.json").write_text(json.dumps(run.summary, indent=2))
         return run.summary
+
+
+def _needs_reference(algo: Any) -> bool:
+    """Reference log-probs are needed: the KL loss or the KL penalty in GAE's token rewards."""
+    return algo.loss.kl_coef > 0 or algo.gae.kl_coef > 0
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_groups"))

@@ -1,0 +1,251 @@
+"""PPO with a learned critic in the trainer (``algo.advantage.estimator: gae``).
+
+A tiny random model on two fixed prompts, with a reward that is a fixed function of the prompt
+(so the critic can predict it from any prefix): the value loss falls and the explained variance
+rises; a run stopped after its checkpoint resumes from the exact state (critic included) and
+matches the uninterrupted run; the critic also runs on an 8-device mesh; it is built only for
+an estimator that needs values.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from toolrl_jax.config_io import load_config
+from toolrl_jax.errors import ConfigError
+from toolrl_jax.rl.train_step import TrainState
+from toolrl_jax.train import hooks as hooks_lib
+from toolrl_jax.train.config import TrainConfig
+from toolrl_jax.train.critic_stage import ActorCriticState
+from toolrl_jax.train.metrics import read_metrics
+from toolrl_jax.train.rewards import REWARD_COMPONENTS, ComponentScore
+
+STEPS = 20
+WARMUP = 2  # critic-only steps
+EPOCHS = 4  # critic passes per rollout batch
+
+
+@REWARD_COMPONENTS.register("prompt_hash", overwrite=True)
+def prompt_hash(ctx, cfg) -> ComponentScore:
+    """A deterministic reward of the task alone, ``crc32(task id) % 1000 / 999`` in [0, 1]."""
+    return ComponentScore(np.asarray([zlib.crc32(t.id.encode()) % 1000 / 999.0
+                                      for t in ctx.tasks], np.float32))
+
+
+def _cfg(model_dir, out_dir, steps, *extra):
+    return load_config(TrainConfig, None, [
+        f"model.name={model_dir}", f"train.out_dir={out_dir}", f"train.steps={steps}",
+        "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.plot=false",
+        "train.eval_limit=1", "data.num_train=2", "data.num_eval=1",
+        "data.prompt_style=compact", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+        "rollout.max_new_tokens=6", "rollout.num_slots=4",
+        "reward.components={toolrl: 0.0, prompt_hash: 1.0}",
+        "algo.advantage.estimator=gae", "algo.gae.kl_coef=0.001", "algo.ppo_minibatches=2",
+        "algo.micro_batch_size=2", "algo.loss.entropy_coef=0.0", "optim.learning_rate=1e-3",
+        "critic.optim.learning_rate=3e-3", f"critic.ppo_epochs={EPOCHS}",
+        f"critic.warmup_steps={WARMUP}", *extra])
+
+
+def _train_records(run_dir):
+    return [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, tmp_path_factory):
+    from toolrl_jax.train.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("ppo_full")
+    Trainer(_cfg(tiny_model_dir, out, STEPS)).train()
+    return _train_records(out)
+
+
+@pytest.mark.slow
+def test_critic_learns_the_value_and_warmup_skips_the_policy(full_run):
+    recs = full_run
+    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
+    for r in recs[:WARMUP]:  # critic warm-up: no policy update
+        assert r["critic/warmup"] == 1 and "loss" not in r
+    for r in recs[WARMUP:]:
+        assert r["critic/warmup"] == 0 and np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"])
+    for key in ("vf_loss", "vf_clip_frac", "vf_explained_var", "grad_norm", "explained_variance",
+                "values_mean", "returns_mean", "advantages_mean", "advantages_std"):
+        assert all(np.isfinite(r[f"critic/{key}"]) for r in recs), key
+    # the value head starts at 0: the first values are 0, the first explained variance ~0
+    assert recs[0]["critic/values_mean"] == 0.0
+    assert abs(recs[0]["critic/explained_variance"]) < 1e-3
+    first = lambda k: np.mean([r[f"critic/{k}"] for r in recs[:3]])  # noqa: E731
+    last = lambda k: np.mean([r[f"critic/{k}"] for r in recs[-3:]])  # noqa: E731
+    curve = [(round(r["critic/vf_loss"], 4), round(r["critic/explained_variance"], 3))
+             for r in recs]
+    assert last("vf_loss") < 0.5 * first("vf_loss"), curve
+    assert last("explained_variance") > max(0.5, first("explained_variance") + 0.4), curve
+    # returns of gamma = lam = 1 are the outcome reward minus the tiny KL penalty
+    assert all(-0.05 < r["critic/returns_mean"] < 1.05 for r in recs)
+
+
+class StopAfter(hooks_lib.Hook):
+    """Requests a pre-emption after step ``step``: the checkpoint hook then saves that step
+    synchronously and the run exits with ``SystemExit(143)`` (what SIGTERM does)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer, run, step, metrics):
+        if step == self.step:
+            run.checkpointer.request_preemption()
+
+
+@pytest.mark.slow
+def test_resume_with_the_critic_matches_the_uninterrupted_run(full_run, tiny_model_dir, tmp_path):
+    """The same 20-step run stopped after step 4 (pre-emption save) and resumed to the end.
+
+    The restored state is exact: the first resumed step's rollouts and rollout-time critic
+    values equal the uninterrupted run's bit for bit (a critic not in the checkpoint would
+    give values 0). The later metrics agree to 1e-3 relative, not bitwise: in this 20-step
+    run step 5 differs from the uninterrupted run in the last bits while a 6-step run resumes
+    bitwise (an open question, see the report); the resume tests in test_trainer.py use a
+    tolerance too."""
+    from toolrl_jax.train.trainer import Trainer
+
+    stopped = Trainer(_cfg(tiny_model_dir, tmp_path, STEPS))
+    hooks = hooks_lib.default_hooks(stopped.cfg)
+    hooks.insert(next(i for i, h in enumerate(hooks) if isinstance(h, hooks_lib.Checkpoint)),
+                 StopAfter(4))
+    with pytest.raises(SystemExit):
+        stopped.train(hooks)
+    resumed = Trainer(_cfg(tiny_model_dir, tmp_path, STEPS))
+    run = resumed.start_run()
+    try:
+        assert run.start_step == 4 and isinstance(run.state, ActorCriticState)
+        assert int(run.state.critic.step) == 4 * 2 * EPOCHS  # steps x mini-batches x epochs
+        assert int(run.state.policy.step) == (4 - WARMUP) * 2
+    finally:
+        run.checkpointer.close()
+        run.metrics.close()
+    resumed.train()
+    split = {r["step"]: r for r in _train_records(tmp_path)}
+    full = {r["step"]: r for r in full_run}
+    assert sorted(split) == list(range(1, STEPS + 1))
+    for key in ("reward", "response_length", "critic/values_mean"):
+        assert split[5][key] == full[5][key], key
+    for step in (5, 6):
+        keys = [k for k in full[step] if not k.startswith("time_") and k != "rollout_tokens_per_s"]
+        for key in keys:
+            if isinstance(full[step][key], str):
+                assert split[step][key] == full[step][key], (step, key)
+                continue
+            assert split[step][key] == pytest.approx(full[step][key], rel=1e-3, abs=1e-5), \
+                (step, key)
+
+
+def test_only_an_estimator_with_values_builds_the_critic(tiny_model_dir, tmp_path):
+    from toolrl_jax.train.trainer import Trainer
+
+    gae = Trainer(_cfg(tiny_model_dir, tmp_path / "gae", 1))
+    state = gae.initial_state()
+    assert isinstance(state, ActorCriticState) and gae.critic is not None
+    head = state.critic.params["value_head"]
+    assert float(np.abs(np.asarray(head["kernel"])).sum()) == 0.0  # zero-initialised head
+    # the critic's decoder starts from the policy's weights (a copy)
+    import jax
+
+    policy_leaves = jax.tree.leaves_with_path(state.policy.params)
+    critic_tree = state.critic.params["decoder"]
+    assert len(policy_leaves) == len(jax.tree.leaves(critic_tree)) + (
+        0 if gae.model_config.tie_word_embeddings else 1)
+    for path, leaf in policy_leaves:
+        keys = [getattr(k, "key", k) for k in path]
+        if keys[0] == "lm_head":
+            continue
+        other = critic_tree
+        for k in keys:
+            other = other[k]
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(other))
+    assert gae.cfg.critic.optim.total_steps == 1 * 2 * EPOCHS  # steps x mini-batches x epochs
+
+    grpo_cfg = load_config(TrainConfig, None, [
+        f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path / 'grpo'}", "train.steps=1",
+        "data.num_train=8", "data.num_eval=1", "data.prompt_style=compact",
+        "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2"])
+    grpo = Trainer(grpo_cfg)
+    assert isinstance(grpo.initial_state(), TrainState) and grpo.critic is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("critic.warmup_steps=3", r"critic: set, but algo\.advantage\.estimator=grpo uses no critic"),
+    ("algo.gae.lam=0.95", r"algo\.gae: set, but .*estimator=gae"),
+    ("critic.ppo_epochs=0", r"critic\.ppo_epochs"),
+    ("critic.optim.learning_rate=.nan", r"critic\.optim\.learning_rate"),
+])
+def test_critic_settings_without_a_critic_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, [override])
+
+
+def test_critic_minibatches_must_divide_the_batch():
+    with pytest.raises(ConfigError, match=r"critic\.ppo_minibatches=3 must divide"):
+        load_config(TrainConfig, None, ["algo.advantage.estimator=gae",
+                                        "rollout.prompts_per_step=2",
+                                        "rollout.samples_per_prompt=2",
+                                        "critic.ppo_minibatches=3"])
+
+
+MESH_SCRIPT = """
+import json, sys
+import numpy as np
+from toolrl_jax.config_io import load_config
+from toolrl_jax.train import hooks as hooks_lib
+from toolrl_jax.train.config import TrainConfig
+from toolrl_jax.train.metrics import read_metrics
+from toolrl_jax.train.trainer import Trainer
+args = sys.argv[1:]
+Trainer(load_config(TrainConfig, None, args + ['train.steps=1'])).train()
+resumed = Trainer(load_config(TrainConfig, None, args + ['train.steps=2']))
+run = resumed.start_run()
+critic = run.state.critic.params
+out = {'start': run.start_step,
+       'head': [list(s.data.shape) for s in critic['value_head']['kernel'].addressable_shards],
+       'kernel_spec': str(critic['decoder']['layers'][0]['mlp']['up_proj']['kernel'].sharding.spec)}
+run.checkpointer.close(); run.metrics.close()
+resumed.train()
+recs = [r for r in read_metrics(resumed.run_dir) if r['kind'] == 'train']
+out['metrics'] = {k: [r[k] for r in recs] for k in ('critic/vf_loss', 'critic/explained_variance',
+                                                   'loss', 'reward')}
+print('RESULT ' + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_critic_on_an_eight_device_mesh_trains_and_resumes(tiny_model_dir, tmp_path):
+    """(data 2, fsdp 4) on 8 simulated CPU devices: the critic's params and AdamW state live on
+    the mesh (its head split over fsdp), micro-batches keep the rows sharded, and a resumed run
+    restores the critic onto the same shardings."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    args = [f"model.name={tiny_model_dir}", f"train.out_dir={tmp_path / 'run'}",
+            "train.checkpoint_every=1", "train.plot=false", "train.eval_limit=1",
+            "data.num_train=8", "data.num_eval=1", "data.prompt_style=compact",
+            "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=4", "rollout.num_slots=16", "mesh.data=2", "mesh.fsdp=4",
+            "algo.advantage.estimator=gae", "algo.micro_batch_size=8",
+            "algo.loss.entropy_coef=0.0", "critic.micro_batch_size=8"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next(x for x in proc.stdout.splitlines()
+                          if x.startswith("RESULT "))[len("RESULT "):])
+    assert res["start"] == 1
+    assert res["head"] == [[8, 1]] * 8  # kernel [32, 1] split 4 ways over fsdp, x2 over data
+    assert "fsdp" in res["kernel_spec"]
+    for key, values in res["metrics"].items():
+        assert len(values) == 2 and all(np.isfinite(values)), key
