@@ -22,9 +22,8 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random llama (2 layers) with the real SmolLM2 tokenizer, exported as an HF dir."""
+def export_tiny_model(out, *, num_kv_heads: int = 1):
+    """A tiny random llama (2 layers) with the real SmolLM2 tokenizer, exported to ``out``."""
     from flax import nnx
 
     from toolrl_jax.chat import find_test_tokenizer, load_tokenizer
@@ -34,9 +33,14 @@ def tiny_model_dir(tmp_path_factory):
 
     tok = load_tokenizer(find_test_tokenizer("smollm2"))
     cfg = ModelConfig.tiny("llama", vocab_size=len(tok), num_layers=2, hidden_size=32,
-                           intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16,
-                           tie_word_embeddings=True,
+                           intermediate_size=64, num_heads=2, num_kv_heads=num_kv_heads,
+                           head_dim=16, tie_word_embeddings=True,
                            eos_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
-    out = tmp_path_factory.mktemp("tiny_smol")
     export_hf_dir(Decoder(cfg, rngs=nnx.Rngs(0)), cfg, out, tokenizer=tok)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random llama (2 layers, 1 KV head) with the real SmolLM2 tokenizer, as an HF dir."""
+    return export_tiny_model(tmp_path_factory.mktemp("tiny_smol"))

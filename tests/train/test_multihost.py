@@ -31,6 +31,7 @@ import time
 
 import pytest
 
+from tests.conftest import export_tiny_model
 from toolrl_jax.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -194,21 +195,7 @@ def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path
 @pytest.fixture(scope="module")
 def two_kv_head_model_dir(tmp_path_factory):
     """The tiny llama with 2 KV heads (so ``tp=2`` splits the KV cache's heads)."""
-    from flax import nnx
-
-    from toolrl_jax.chat import find_test_tokenizer, load_tokenizer
-    from toolrl_jax.models.config import ModelConfig
-    from toolrl_jax.models.decoder import Decoder
-    from toolrl_jax.models.export import export_hf_dir
-
-    tok = load_tokenizer(find_test_tokenizer("smollm2"))
-    cfg = ModelConfig.tiny("llama", vocab_size=len(tok), num_layers=2, hidden_size=32,
-                           intermediate_size=64, num_heads=2, num_kv_heads=2, head_dim=16,
-                           tie_word_embeddings=True,
-                           eos_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
-    out = tmp_path_factory.mktemp("tiny_kv2")
-    export_hf_dir(Decoder(cfg, rngs=nnx.Rngs(0)), cfg, out, tokenizer=tok)
-    return out
+    return export_tiny_model(tmp_path_factory.mktemp("tiny_kv2"), num_kv_heads=2)
 
 
 # one train step on 8 devices (training mesh data=8) per run directory argument; the second
