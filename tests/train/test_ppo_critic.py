@@ -238,7 +238,10 @@ def test_critic_on_an_eight_device_mesh_trains_and_resumes(tiny_model_dir, tmp_p
             "algo.advantage.estimator=gae", "algo.micro_batch_size=8",
             "algo.loss.entropy_coef=0.0", "critic.micro_batch_size=8"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               # 8 simulated devices on 2 loaded cores: XLA's 40 s collective timeout is too short
+               XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                         "--xla_cpu_collective_timeout_seconds=600")
     proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

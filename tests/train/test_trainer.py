@@ -112,8 +112,14 @@ def test_bfcl_multi_turn_source_executes_bfcl_backends(tiny_model_dir, tmp_path)
 def test_every_recipe_loads():
     import pathlib
 
+    from toolrl_jax.train.experiment import ExperimentConfig
+
     for path in sorted(pathlib.Path(__file__).resolve().parents[2].glob("configs/*.yaml")):
-        load_config(TrainConfig, path)
+        if path.name.startswith("experiment_"):  # experiment files: arms over a recipe
+            exp = load_config(ExperimentConfig, path)
+            load_config(TrainConfig, path.parents[1] / exp.train_config)
+        else:
+            load_config(TrainConfig, path)
 
 
 def test_bad_batch_geometry_fails_before_training(tiny_model_dir, tmp_path):
