@@ -238,6 +238,10 @@ def test_critic_on_an_eight_device_mesh_trains_and_resumes(tiny_model_dir, tmp_p
             "algo.advantage.estimator=gae", "algo.micro_batch_size=8",
             "algo.loss.entropy_coef=0.0", "critic.micro_batch_size=8"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
+               # Synchronous CPU dispatch: with async dispatch the critic's update can start while
+               # the policy's still runs, and two 8-device programs in collectives can take every
+               # thread of XLA's CPU pool between them and deadlock (seen in CI).
+               JAX_CPU_ENABLE_ASYNC_DISPATCH="false",
                # 8 simulated devices on 2 loaded cores: XLA's 40 s collective timeout is too short
                XLA_FLAGS="--xla_force_host_platform_device_count=8 "
                          "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
