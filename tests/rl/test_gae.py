@@ -206,3 +206,49 @@ def test_gae_estimator_is_registered_and_matches_the_reference():
         gae_lib.gae_from_credit(dataclasses.replace(inputs, values=None))
     with pytest.raises(ValueError, match="kl_coef"):
         gae_lib.gae_from_credit(dataclasses.replace(inputs, ref_logprobs=None))
+
+
+def test_gae_with_per_turn_rewards_matches_the_reference():
+    """``algo.gae.turn_reward_coef = c``: each rewarded turn's ``c * r_{b,k}`` on its last action
+    (turns without a reward skipped), the outcome on the row's last action; numpy reference."""
+    from toolrl_jax.rl.advantages import CreditInputs
+    from toolrl_jax.rl.train_step import AlgoConfig
+
+    _, values, mask = _ragged_multiturn_batch(seed=7)
+    # turn index of every action, from the layouts' runs of 1s (observation holes between)
+    token_turn = np.full(mask.shape, -1)
+    for i in range(mask.shape[0]):
+        k, prev = -1, 0
+        for j in range(mask.shape[1]):
+            if mask[i, j] and not prev:
+                k += 1
+            if mask[i, j]:
+                token_turn[i, j] = k
+            prev = mask[i, j]
+    turn_rewards = np.array([[0.5, 2.0, 9.0], [1.5, 9.0, 9.0], [1.0, -1.0, 3.0],
+                             [9.0, 9.0, 9.0], [0.25, 4.0, 9.0]])
+    turn_mask = np.array([[True, True, False], [True, False, False], [True, False, True],
+                          [False, False, False], [False, True, False]])
+    seq = np.array([1.0, -2.0, 0.5, 3.0, 2.0])
+    algo = AlgoConfig(gae=gae_lib.GAEConfig(gamma=0.9, lam=0.8, whiten=False,
+                                            turn_reward_coef=0.5))
+    inputs = CreditInputs(rewards=seq, group_ids=np.zeros(5, np.int32), num_groups=1,
+                          loss_mask=mask, token_turn=token_turn, algo=algo, values=values,
+                          turn_rewards=turn_rewards, turn_mask=turn_mask)
+    r = np.zeros(mask.shape)
+    # hand-placed: (row, last action of the turn, turn reward); rows' last actions get R_b
+    for i, j, rew in [(0, 4, 0.5), (0, 8, 2.0), (1, 7, 1.5), (2, 3, 1.0), (2, 11, 3.0),
+                      (4, 9, 4.0)]:
+        r[i, j] += 0.5 * rew
+    for i, last in enumerate([8, 7, 11, -1, 9]):
+        if last >= 0:
+            r[i, last] += seq[i]
+    adv, ret = _ref_gae(r, values, mask, 0.9, 0.8)
+    out = gae_lib.gae_from_credit(inputs)
+    np.testing.assert_allclose(np.asarray(out.advantages), adv, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.returns), ret, atol=1e-5)
+    with pytest.raises(ValueError, match="turn_reward_coef"):
+        import dataclasses
+        gae_lib.gae_from_credit(dataclasses.replace(inputs, turn_rewards=None))
+    with pytest.raises(ConfigError, match="turn_reward_coef"):
+        gae_lib.GAEConfig(turn_reward_coef=-1.0)

@@ -13,7 +13,14 @@ Token-level rewards (released ToolRL = verl ``use_kl_in_reward``)::
 
     r[b, t] = R_b * [t == last action of row b] - beta * m[b, t] * kl(old_logp, ref_logp)[b, t]
 
-(per-turn rewards: ``R_{b,k}`` on the last action of turn ``k``, :func:`token_rewards_from_turns`).
+With per-turn rewards (``algo.gae.turn_reward_coef = c > 0``; FTRL, BFCL multi-turn) each turn
+also carries its own reward on its last action (:func:`token_rewards_from_turns`)::
+
+    r[b, t] += c * r_{b,k}   for t = last action of turn k (turns with turn_mask[b, k] only)
+
+so the critic learns values that see the sub-goals already reached, and GAE spreads each turn's
+reward over the actions before it (PPO's answer to per-turn credit, with ``turn_grpo`` the
+critic-free one).
 
 GAE (Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
 Estimation", arXiv 1506.02438) over the *actions only*: observation / prompt / padding tokens
@@ -69,6 +76,9 @@ class GAEConfig:
         ``algorithm.use_kl_in_reward`` with ``kl_ctrl.kl_coef``; released ToolRL: 0.001). It is
         not the KL *loss* ``algo.loss.kl_coef``: the two are separate, as in verl. 0 = off.
       kl_estimator: estimator of that per-token KL (verl ``algorithm.kl_penalty``; ``k1``).
+      turn_reward_coef: ``c``: each assistant turn's own reward (the reward components that
+        score turns) times ``c`` on the turn's last action, on top of the outcome reward on the
+        row's last action. 0 (default) = outcome only.
     """
 
     gamma: float = 1.0
@@ -77,6 +87,7 @@ class GAEConfig:
     vf_clip: float | None = 0.5
     kl_coef: float = 0.0
     kl_estimator: KLEstimator = "k1"
+    turn_reward_coef: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
@@ -87,6 +98,9 @@ class GAEConfig:
             raise ConfigError(f"algo.gae.vf_clip: must be > 0 or null, got {self.vf_clip}")
         if not self.kl_coef >= 0:
             raise ConfigError(f"algo.gae.kl_coef: must be >= 0, got {self.kl_coef}")
+        if not self.turn_reward_coef >= 0:
+            raise ConfigError(f"algo.gae.turn_reward_coef: must be >= 0, got "
+                              f"{self.turn_reward_coef}")
         if self.kl_estimator not in typing.get_args(KLEstimator):
             raise ConfigError(f"algo.gae.kl_estimator: {self.kl_estimator!r} is not one of "
                               f"{', '.join(typing.get_args(KLEstimator))}")
@@ -312,9 +326,13 @@ def gae_metrics(out: GAEOutput, values: jax.Array, loss_mask: jax.Array) -> dict
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _gae_of_rollout(rewards, loss_mask, values, old_logprobs, ref_logprobs, config: GAEConfig):
+def _gae_of_rollout(rewards, loss_mask, values, old_logprobs, ref_logprobs, turn_rewards,
+                    token_turn, turn_mask, config: GAEConfig):
     r = token_rewards(rewards, loss_mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                       kl_coef=config.kl_coef, kl_estimator=config.kl_estimator)
+    if turn_rewards is not None:
+        per_turn = token_rewards_from_turns(turn_rewards, token_turn, turn_mask)
+        r = r + config.turn_reward_coef * per_turn * loss_mask
     return compute_gae(r, values, loss_mask, config)
 
 
@@ -322,7 +340,8 @@ def gae_from_credit(inputs: CreditInputs) -> GAEOutput:
     """GAE advantages and returns ``[B, T]`` of a rollout batch (the ``gae`` estimator).
 
     Token rewards (:func:`token_rewards`): each row's outcome reward on its last action minus
-    ``algo.gae.kl_coef`` x the per-token KL of ``old_logprobs`` to ``ref_logprobs``; then
+    ``algo.gae.kl_coef`` x the per-token KL of ``old_logprobs`` to ``ref_logprobs``, plus
+    ``algo.gae.turn_reward_coef`` x each turn's reward on the turn's last action; then
     :func:`compute_gae` with the rollout-time ``values`` and ``algo.gae``. Jitted with the
     config static; pass ``[B, T]`` arrays of one fixed ``T`` (the padded batch) to compile once.
     """
@@ -332,10 +351,17 @@ def gae_from_credit(inputs: CreditInputs) -> GAEOutput:
     kl = g.kl_coef > 0
     if kl and (inputs.old_logprobs is None or inputs.ref_logprobs is None):
         raise ValueError("algo.gae.kl_coef > 0 needs old_logprobs and ref_logprobs")
+    turns = g.turn_reward_coef > 0
+    if turns and (inputs.turn_rewards is None or inputs.turn_mask is None):
+        raise ValueError("algo.gae.turn_reward_coef > 0 needs per-turn rewards "
+                         "(a reward component that scores turns)")
     return _gae_of_rollout(
         jnp.asarray(inputs.rewards, jnp.float32), jnp.asarray(inputs.loss_mask, jnp.float32),
         jnp.asarray(inputs.values, jnp.float32),
-        inputs.old_logprobs if kl else None, inputs.ref_logprobs if kl else None, g)
+        inputs.old_logprobs if kl else None, inputs.ref_logprobs if kl else None,
+        jnp.asarray(inputs.turn_rewards, jnp.float32) if turns else None,
+        jnp.asarray(inputs.token_turn, jnp.int32) if turns else None,
+        jnp.asarray(inputs.turn_mask, bool) if turns else None, g)
 
 
 #: ``algo.advantage.estimator: gae``: PPO with a learned critic (per-token GAE advantages).
