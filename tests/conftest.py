@@ -16,6 +16,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+
+def simulated_devices_flags(n: int) -> str:
+    """``XLA_FLAGS`` for a subprocess with ``n`` simulated CPU devices. XLA's 40 s collective
+    timeouts are raised to 600 s: on 2 loaded cores (``pytest -n 2``) one device's thread can
+    fall that far behind the others at a rendezvous."""
+    return (f"--xla_force_host_platform_device_count={n} "
+            "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+            "--xla_cpu_collective_timeout_seconds=600")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

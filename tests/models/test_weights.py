@@ -18,6 +18,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
+from tests.conftest import simulated_devices_flags
 from toolrl_jax.errors import ModelLoadError
 from toolrl_jax.models.weights import LazyTensor, load_model_from_hf_dir, read_safetensors
 
@@ -233,7 +234,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 def test_sharded_load_on_8_devices(saved_llama, tmp_path):
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+        os.environ, XLA_FLAGS=simulated_devices_flags(8), JAX_PLATFORMS="cpu"
     )
     proc = subprocess.run(  # noqa: PLW1510  (the return code is asserted below)
         [sys.executable, "-c", _SHARDED_SCRIPT, str(saved_llama), str(tmp_path)],

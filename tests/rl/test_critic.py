@@ -16,6 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
+from tests.conftest import simulated_devices_flags
 from toolrl_jax.models.config import ModelConfig
 from toolrl_jax.models.decoder import Decoder
 from toolrl_jax.models.sharding import make_mesh
@@ -143,7 +144,7 @@ def test_critic_update_and_lora_on_an_8_device_mesh():
     unchanged by sharding, adapters split like their kernels."""
     repo = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=simulated_devices_flags(8))
     script = repo / "tests/rl/_critic_lora_multidevice_script.py"
     proc = subprocess.run([sys.executable, str(script)], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+from tests.conftest import simulated_devices_flags
+
 SCRIPT = r"""
 import json, sys
 import jax, numpy as np
@@ -48,7 +50,7 @@ print(json.dumps({
 def test_sampler_on_eight_device_mesh_matches_single_device():
     repo = pathlib.Path(__file__).resolve().parents[2]
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+        os.environ, XLA_FLAGS=simulated_devices_flags(8), JAX_PLATFORMS="cpu"
     )
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", SCRIPT],

@@ -19,6 +19,7 @@ import torch
 import transformers
 from flax import nnx
 
+from tests.conftest import simulated_devices_flags
 from toolrl_jax.cli import main
 from toolrl_jax.config_io import load_config
 from toolrl_jax.models.config import ModelConfig
@@ -263,7 +264,7 @@ def test_lora_step_on_a_4_device_mesh_matches_one_device():
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+               XLA_FLAGS=simulated_devices_flags(4))
     proc = subprocess.run([sys.executable, str(repo / "tests/train/_lora_mesh_script.py")],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=600,
                           check=False)

@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from tests.conftest import export_tiny_model
+from tests.conftest import export_tiny_model, simulated_devices_flags
 from toolrl_jax.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def _launch(num_processes, args, cache_dir, log_dir, new_session=False):
 
 
 def _single(args, cache_dir, log_file, devices=8):
-    env = _env(cache_dir, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = _env(cache_dir, XLA_FLAGS=simulated_devices_flags(devices))
     with open(log_file, "w") as f:
         return subprocess.Popen([sys.executable, str(DRIVER), *args], env=env, cwd=REPO,
                                 stdout=f, stderr=subprocess.STDOUT)
@@ -180,7 +180,7 @@ def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path
         "                          'shards': [list(s.data.shape) for s in k.addressable_shards]}))\n"
     )
     args = [a for a in _args(tiny_model_dir, tmp_path / "run")[1:] if "token_hash" not in a]
-    env = _env(tmp_path / "cache", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _env(tmp_path / "cache", XLA_FLAGS=simulated_devices_flags(8))
     out = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -238,7 +238,7 @@ def test_rollout_mesh_differs_from_the_training_mesh(two_kv_head_model_dir, tmp_
     args = [a for a in _args(two_kv_head_model_dir, tmp_path / "unused", steps=1)[1:]
             if "out_dir" not in a]
     args += ["mesh.data=8", "data.num_eval=1"]
-    env = _env(tmp_path / "cache", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _env(tmp_path / "cache", XLA_FLAGS=simulated_devices_flags(8))
     runs = [tmp_path / "train_mesh", tmp_path / "rollout_mesh"]
     out = subprocess.run([sys.executable, "-c", ROLLOUT_MESH_SCRIPT, str(DRIVER), *args,
                           *map(str, runs)],

@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
+from tests.conftest import simulated_devices_flags
 from toolrl_jax.config_io import load_config
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl.train_step import TrainState
@@ -242,10 +243,7 @@ def test_critic_on_an_eight_device_mesh_trains_and_resumes(tiny_model_dir, tmp_p
                # the policy's still runs, and two 8-device programs in collectives can take every
                # thread of XLA's CPU pool between them and deadlock (seen in CI).
                JAX_CPU_ENABLE_ASYNC_DISPATCH="false",
-               # 8 simulated devices on 2 loaded cores: XLA's 40 s collective timeout is too short
-               XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                         "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-                         "--xla_cpu_collective_timeout_seconds=600")
+               XLA_FLAGS=simulated_devices_flags(8))
     proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
