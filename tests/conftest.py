@@ -17,6 +17,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with ``slow`` tests run first (stable order otherwise), so that with two xdist
+    workers the long end-to-end files overlap the many short ones instead of ending the run."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 def simulated_devices_flags(n: int) -> str:
     """``XLA_FLAGS`` for a subprocess with ``n`` simulated CPU devices. XLA's 40 s collective
     timeouts are raised to 600 s: on 2 loaded cores (``pytest -n 2``) one device's thread can

@@ -101,7 +101,8 @@ class StopAfter(hooks_lib.Hook):
 
 @pytest.mark.slow
 def test_resume_with_the_critic_matches_the_uninterrupted_run(full_run, tiny_model_dir, tmp_path):
-    """The same 20-step run stopped after step 4 (pre-emption save) and resumed to the end.
+    """The same 20-step run stopped after step 4 (pre-emption save), resumed and stopped again
+    after step 6.
 
     The restored state is exact: the first resumed step's rollouts and rollout-time critic
     values equal the uninterrupted run's bit for bit (a critic not in the checkpoint would
@@ -126,10 +127,14 @@ def test_resume_with_the_critic_matches_the_uninterrupted_run(full_run, tiny_mod
     finally:
         run.checkpointer.close()
         run.metrics.close()
-    resumed.train()
+    hooks = hooks_lib.default_hooks(resumed.cfg)
+    hooks.insert(next(i for i, h in enumerate(hooks) if isinstance(h, hooks_lib.Checkpoint)),
+                 StopAfter(6))
+    with pytest.raises(SystemExit):
+        resumed.train(hooks)
     split = {r["step"]: r for r in _train_records(tmp_path)}
     full = {r["step"]: r for r in full_run}
-    assert sorted(split) == list(range(1, STEPS + 1))
+    assert sorted(split) == list(range(1, 7))
     for key in ("reward", "response_length", "critic/values_mean"):
         assert split[5][key] == full[5][key], key
     for step in (5, 6):
