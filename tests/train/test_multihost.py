@@ -55,7 +55,8 @@ def _args(model_dir, out_dir, steps=3):
 def _env(cache_dir, **extra):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache_dir)), **extra)
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                         str(cache_dir)), **extra)
     return env
 
 

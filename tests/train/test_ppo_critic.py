@@ -251,10 +251,6 @@ def test_critic_on_a_four_device_mesh_trains_and_resumes(tiny_model_dir, tmp_pat
             "algo.advantage.estimator=gae", "algo.micro_batch_size=8",
             "algo.loss.entropy_coef=0.0", "critic.micro_batch_size=8"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
-               # Synchronous CPU dispatch: with async dispatch the critic's update can start while
-               # the policy's still runs, and two 8-device programs in collectives can take every
-               # thread of XLA's CPU pool between them and deadlock (seen in CI).
-               JAX_CPU_ENABLE_ASYNC_DISPATCH="false",
                XLA_FLAGS=simulated_devices_flags(4))
     proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900, check=False)

@@ -56,7 +56,8 @@ def _args(model_dir, out_dir):
 def _start(model_dir, out_dir, cache_dir, log_file, pause=0.0):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", SFT_STEP_PAUSE=str(pause),
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache_dir)))
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                         str(cache_dir)))
     log = open(log_file, "w")  # noqa: SIM115 - closed by _finish
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, *_args(model_dir, out_dir)], env=env,
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

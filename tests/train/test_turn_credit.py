@@ -170,7 +170,7 @@ def test_turn_grpo_is_a_registered_token_estimator():
       "algo.dynamic_sampling=true"], r"algo\.dynamic_sampling"),
     (["algo.turn_advantage.gamma=1.5"], r"algo\.turn_advantage\.gamma"),
     (["algo.advantage.estimator=gae", "algo.gae.turn_reward_coef=0.5"],
-     r"turn_reward_coef > 0 needs a reward component that scores turns"),
+     r"estimator=gae needs per-turn rewards.*bfcl.*ftrl"),
     (["algo.advantage.estimator=gae", "algo.gae.turn_reward_coef=0.5",
       "reward.components.ftrl=1.0", "algo.dynamic_sampling=true"], r"algo\.dynamic_sampling"),
 ])

@@ -100,15 +100,21 @@ class TokenEstimator:
       fn: ``CreditInputs -> [B, T]`` float32 advantages (0 off the loss mask).
       needs_values: the estimator reads ``inputs.values`` (a critic must be configured).
       needs_turn_rewards: the estimator reads ``inputs.turn_rewards`` (a reward component must
-        score each turn).
+        score each turn): a bool, or a function of the ``algo`` config when a setting decides
+        (``gae`` with ``algo.gae.turn_reward_coef > 0``); see :meth:`uses_turn_rewards`.
     """
 
     fn: Callable[[CreditInputs], Any]
     needs_values: bool = False
-    needs_turn_rewards: bool = False
+    needs_turn_rewards: bool | Callable[[Any], bool] = False
 
     def __call__(self, inputs: CreditInputs) -> Any:
         return self.fn(inputs)
+
+    def uses_turn_rewards(self, algo: Any) -> bool:
+        """Whether this estimator, under the ``algo`` config, reads per-turn rewards."""
+        need = self.needs_turn_rewards
+        return bool(need(algo) if callable(need) else need)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

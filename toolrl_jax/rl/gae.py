@@ -365,5 +365,6 @@ def gae_from_credit(inputs: CreditInputs) -> GAEOutput:
 
 
 #: ``algo.advantage.estimator: gae``: PPO with a learned critic (per-token GAE advantages).
-ESTIMATORS.register("gae")(TokenEstimator(lambda x: gae_from_credit(x).advantages,
-                                          needs_values=True))
+ESTIMATORS.register("gae")(TokenEstimator(
+    lambda x: gae_from_credit(x).advantages, needs_values=True,
+    needs_turn_rewards=lambda algo: algo.gae.turn_reward_coef > 0))

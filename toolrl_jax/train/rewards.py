@@ -214,19 +214,12 @@ def turn_scoring_components(cfg: RewardConfig) -> list[str]:
 
 def check_turn_credit(reward: RewardConfig, algo: Any) -> None:
     """Fails before the run when ``algo.advantage.estimator`` needs per-turn rewards
-    (``TokenEstimator.needs_turn_rewards``) and no active reward component scores turns."""
+    (``TokenEstimator.uses_turn_rewards``: ``turn_grpo``, ``gae`` with
+    ``algo.gae.turn_reward_coef > 0``) and no active reward component scores turns."""
     estimator = ESTIMATORS.get(algo.advantage.estimator)
-    name = algo.advantage.estimator
-    gae_turns = getattr(getattr(algo, "gae", None), "turn_reward_coef", 0.0) > 0
-    if gae_turns and name == "gae" and not turn_scoring_components(reward):
-        raise ConfigError("algo.gae.turn_reward_coef > 0 needs a reward component that scores "
-                          "turns (e.g. reward.components.ftrl=1.0), or set it to 0")
-    if gae_turns and name == "gae" and getattr(algo, "dynamic_sampling", False):
-        raise ConfigError("algo.gae.turn_reward_coef > 0 does not support algo.dynamic_sampling "
-                          "yet (its group selection drops the per-turn rewards); set "
-                          "algo.dynamic_sampling=false")
-    if not (isinstance(estimator, TokenEstimator) and estimator.needs_turn_rewards):
+    if not (isinstance(estimator, TokenEstimator) and estimator.uses_turn_rewards(algo)):
         return
+    name = algo.advantage.estimator
     if not turn_scoring_components(reward):
         scoring = sorted(n for n in REWARD_COMPONENTS
                          if getattr(REWARD_COMPONENTS.get(n), "scores_turns", False))
