@@ -15,6 +15,7 @@ from toolrl_jax.rewards.code_use import (
     interpreter_blocks,
 )
 from toolrl_jax.rewards.math import MathVerifier, retool_reward
+from toolrl_jax.train.rewards import REWARD_COMPONENTS, RewardConfig, RewardContext
 
 FAIL = "Traceback (most recent call last):\nNameError: x\nError: the cell failed (exit code 1)"
 
@@ -31,6 +32,22 @@ def test_correct_boxed_answer_scores_plus_one():
     with MathVerifier(backend="thread", timeout_s=120) as verifier:
         rewards = retool_reward(completions, golds, verifier=verifier)
     assert rewards.tolist() == [1.0, 1.0, 1.0, -1.0, -1.0]
+
+
+def test_retool_component_logs_pass_at_1_and_code_use_per_row():
+    """The trainer's ``retool`` component: +1 / -1, and the parts whose means are pass@1 and the
+    code-use share (what training and its held-out evaluation log per step)."""
+    import math_verify  # noqa: F401  first import in this thread, not inside a verifier thread
+
+    tasks = [math_task(str(i), "q", "43", "test") for i in range(3)]
+    ctx = RewardContext(trajectory=None, tasks=tasks, group_ids=np.zeros(3, np.int32), step=0,
+                        tokenizer=None, config=RewardConfig(), max_new_tokens=8)
+    ctx.__dict__["completion_texts"] = [block("43") + "\\boxed{43}", "\\boxed{43}",
+                                        block(FAIL) + "\\boxed{42}"]
+    out = REWARD_COMPONENTS.get("retool")(ctx, RewardConfig().retool)
+    assert np.asarray(out.values).tolist() == [1.0, 1.0, -1.0]
+    assert out.parts["correct"].tolist() == [1.0, 1.0, 0.0]
+    assert out.parts["code"].tolist() == [1.0, 0.0, 1.0]
 
 
 def test_code_use_shaping_formula():
@@ -81,3 +98,23 @@ def test_evaluate_math_without_code_and_plain_strings():
     assert res["response_tokens"] is None and res["response_chars"] == len("\\boxed{1}")
     with pytest.raises(DataError, match="samples"):
         evaluate_math(lambda ts, k: [], tasks, samples=0)
+
+
+def test_train_summary_table_shows_the_math_columns_the_run_has():
+    """``toolrl-jax train``'s closing table: a ReTool run shows pass@1 and code use (not the
+    tool-call columns it has no values for); a ToolRL run keeps its four columns."""
+    from toolrl_jax.commands.train import format_summary
+
+    math_eval = {"reward": -1.0, "reward/retool_correct": 0.0, "reward/retool_code": 0.0}
+    after = {"reward": 0.5, "reward/retool_correct": 0.75, "reward/retool_code": 0.875,
+             "response_length": 90.0}
+    text = format_summary({"before": math_eval, "after": after}, "runs/x")
+    head, _, before_row, after_row = text.splitlines()[1:5]
+    assert head.split()[-5:] == ["reward", "pass@1", "code", "use", "tokens"]
+    assert "format" not in head
+    assert after_row.split()[-4:] == ["0.50", "0.75", "0.88", "90.00"]
+    assert before_row.split()[-4:] == ["-1.00", "0.00", "0.00", "-"]
+    tool = {"reward": 1.5, "format": 1.0, "correctness": 0.5, "exact_match": 0.25}
+    head, _, row = format_summary({"after_sft": tool}, "runs/y").splitlines()[1:4]
+    assert "exact match" in head and "pass@1" not in head
+    assert row.split()[-4:] == ["1.50", "1.00", "0.50", "0.25"]

@@ -25,16 +25,34 @@ def run(args) -> int:
     return 0
 
 
+# (header, key in an evaluation's metrics): a column is shown when some evaluation has its key
+SUMMARY_COLUMNS = (
+    ("reward", "reward"),
+    ("format", "format"),                       # ToolRL's parts
+    ("correct", "correctness"),
+    ("exact match", "exact_match"),
+    ("pass@1", "reward/retool_correct"),        # ReTool: mean of correct answers
+    ("code use", "reward/retool_code"),         # share of answers that ran a cell
+    ("cells", "reward/code_use_cells"),
+    ("failed cells", "reward/code_use_failed_cells"),
+    ("success", "reward/ftrl_success"),         # FTRL environments
+    ("tokens", "response_length"),              # generated tokens per answer
+)
+
+
 def format_summary(summary: dict, run_dir) -> str:
-    """A small table of the held-out evaluations (before / after SFT / after RL)."""
-    rows = [("before training", summary.get("before")), ("after SFT", summary.get("after_sft")),
-            ("after RL", summary.get("after"))]
-    lines = ["", "held-out tasks (greedy)   reward  format  correct  exact match",
-             "------------------------  ------  ------  -------  -----------"]
-    nan = float("nan")
+    """A small table of the held-out evaluations (before / after SFT / after RL), with the
+    :data:`SUMMARY_COLUMNS` that the run's evaluations report."""
+    rows = [(name, summary.get(key)) for name, key in (
+        ("before training", "before"), ("after SFT", "after_sft"), ("after RL", "after"))]
+    rows = [(name, r) for name, r in rows if r]
+    cols = [(h, k) for h, k in SUMMARY_COLUMNS if any(k in r for _, r in rows)]
+    widths = [max(len(h), 6) for h, _ in cols]
+    lines = ["", "  ".join([f"{'held-out tasks (greedy)':<24}"] + [h.rjust(w) for (h, _), w in
+                                                                   zip(cols, widths)]),
+             "  ".join(["-" * 24] + ["-" * w for w in widths])]
     for name, r in rows:
-        if r:
-            lines.append(f"{name:<24}  {r['reward']:6.2f}  {r.get('format', nan):6.2f}  "
-                         f"{r.get('correctness', nan):7.2f}  {r['exact_match']:11.2f}")
+        cells = [f"{r[k]:{w}.2f}" if k in r else "-".rjust(w) for (_, k), w in zip(cols, widths)]
+        lines.append("  ".join([f"{name:<24}"] + cells))
     lines.append(f"run directory: {run_dir} (metrics.jsonl, summary.json, checkpoints/, plots/)")
     return "\n".join(lines)

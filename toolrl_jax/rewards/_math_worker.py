@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import signal
+
+# math-verify warns on every call that its own timeouts are off; they are off on purpose (the
+# caller enforces the deadline, see rewards/math.py), so only its errors are shown.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
 def gold_text(gold: str) -> str:

@@ -363,9 +363,15 @@ def tool_star(ctx: RewardContext, cfg: ToolStarConfig) -> ComponentScore:
 
 @REWARD_COMPONENTS.register("retool")
 def retool(ctx: RewardContext, cfg: OutcomeRewardConfig) -> ComponentScore:
-    """ReTool's outcome reward: ``correct`` if the last ``\\boxed{}`` equals the task's answer."""
+    """ReTool's outcome reward: ``correct`` if the last ``\\boxed{}`` equals the task's answer.
+
+    Parts (logged as ``reward/retool_<part>``, ReTool's behaviour metrics): ``correct`` (its mean
+    is pass@1), ``code`` (1 if the answer ran at least one cell: the mean is the code-use share)."""
+    cells = cell_counts(ctx.completion_texts).cells
     return ComponentScore(np.where(ctx.math_correct, np.float32(cfg.correct),
-                                   np.float32(cfg.wrong)).astype(np.float32))
+                                   np.float32(cfg.wrong)).astype(np.float32),
+                          {"correct": ctx.math_correct.astype(np.float32),
+                           "code": (cells >= 1).astype(np.float32)})
 
 
 @REWARD_COMPONENTS.register("code_use")

@@ -302,7 +302,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int = 0, limit: int = 0) -> dict:
-        """Greedy decoding of the held-out tasks: mean reward, each component, exact match."""
+        """Greedy decoding of the held-out tasks: mean reward, each component, exact match.
+        Writes ``eval_samples_step{step}.jsonl`` (first assistant turn as ``completion``; with
+        several turns also the whole ``response``, interpreter / tool output included)."""
         tasks, prompts = self.heldout_set.tasks, self.heldout_set.prompts
         if limit:
             tasks, prompts = tasks[:limit], prompts[:limit]
@@ -316,15 +318,21 @@ class Trainer:
         for part in ("format", "correctness"):
             if f"toolrl_{part}" in scores.parts:
                 result[part] = float(np.mean(scores.parts[f"toolrl_{part}"]))
-        result.update(exact_match=float(np.mean([exact_match(t, c) for t, c in zip(tasks, texts)])),
-                      n=len(tasks), seconds=time.perf_counter() - t0)
+        if not all("answer" in t.meta for t in tasks):  # tool calls, not math answers
+            result["exact_match"] = float(np.mean([exact_match(t, c)
+                                                   for t, c in zip(tasks, texts)]))
+        result.update(response_length=float(np.mean(ctx.response_lengths)), n=len(tasks),
+                      seconds=time.perf_counter() - t0)
         if not self.primary:  # every process evaluates the same tasks; process 0 writes
             return result
         if texts:
             self.log(f"held-out example {tasks[0].id!r} (step {step}): {texts[0][:400]!r}")
+        multi_turn = self.cfg.rollout.max_turns > 1  # then also the whole response
+        responses = ctx.completion_texts if multi_turn else texts
         with open(self.run_dir / f"eval_samples_step{step}.jsonl", "w") as f:
-            for t, c, s in zip(tasks, texts, scores.total):
-                f.write(json.dumps({"id": t.id, "completion": c, "reward": float(s)}) + "\n")
+            for t, c, r, s in zip(tasks, texts, responses, scores.total):
+                row = {"id": t.id, "completion": c, "reward": float(s)}
+                f.write(json.dumps({**row, "response": r} if multi_turn else row) + "\n")
         return result
 
     # ------------------------------------------------------------------ SFT
@@ -679,7 +687,9 @@ class Trainer:
         summary: dict = {}
         if cfg.train.resume and ckpt.latest_step() is not None:
             _, params, _ = self._split_trainable()
-            if _needs_reference(cfg.algo) and not self.lora:  # the loaded model, or SFT's
+            # the KL reference: the loaded model, or SFT's; kept when an earlier start_run of
+            # this trainer set it (the model then holds the restored policy, not the reference)
+            if _needs_reference(cfg.algo) and not self.lora and self._initial_params is None:
                 self._initial_params = (_copy(params) if cfg.sft.steps <= 0
                                         else self.sft_weights())
             state, pos = ckpt.restore(self.abstract_state(params))
