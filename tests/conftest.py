@@ -3,6 +3,7 @@
 import os
 import pathlib
 import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole run, inherited by every subprocess test: the
@@ -31,6 +32,19 @@ def simulated_devices_flags(n: int) -> str:
     return (f"--xla_force_host_platform_device_count={n} "
             "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
             "--xla_cpu_collective_timeout_seconds=600")
+
+def sigkill_once_exists(proc, path: pathlib.Path, log_file: pathlib.Path, *, timeout: float,
+                        what: str) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` exists (e.g. a checkpoint directory); fails with the
+    tail of ``log_file`` if the process ends first, or with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, pathlib.Path(log_file).read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {what} in time"
+        time.sleep(0.1)
+    proc.kill()  # SIGKILL: no handler runs, an async checkpoint may be half written
+    assert proc.wait() == -9
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

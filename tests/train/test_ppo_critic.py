@@ -14,13 +14,12 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 import zlib
 
 import numpy as np
 import pytest
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import sigkill_once_exists, simulated_devices_flags
 from toolrl_jax.config_io import load_config
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl.train_step import TrainState
@@ -147,13 +146,8 @@ def test_sigkill_and_resume_with_the_critic_is_bit_identical(tiny_model_dir, tmp
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     reference = _start(tiny_model_dir, whole, tmp_path / "whole.log")
     victim = _start(tiny_model_dir, killed, tmp_path / "killed.log", pause=2.0)
-    deadline = time.monotonic() + 600
-    while not (killed / "checkpoints" / "4").exists():
-        assert victim.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no step-4 checkpoint in time"
-        time.sleep(0.1)
-    victim.kill()  # SIGKILL: no handler runs, the async checkpoint may be half written
-    assert victim.wait() == -9
+    sigkill_once_exists(victim, killed / "checkpoints" / "4", tmp_path / "killed.log",
+                        timeout=600, what="step-4 checkpoint")
     victim.log.close()
     assert len(_train_records(killed)) < KILL_STEPS  # killed mid-run
     resumed = _start(tiny_model_dir, killed, tmp_path / "resumed.log")

@@ -15,10 +15,10 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.conftest import sigkill_once_exists
 from toolrl_jax.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -83,13 +83,8 @@ def test_sft_killed_with_sigkill_resumes_with_identical_losses(tiny_model_dir, t
     reference = _start(tiny_model_dir, whole, cache, tmp_path / "whole.log")
     victim = _start(tiny_model_dir, killed, cache, tmp_path / "killed.log", pause=1.0)
     ckpts = killed / "checkpoints_sft"
-    deadline = time.monotonic() + 300
-    while not (ckpts / str(KILL_AFTER)).exists():
-        assert victim.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no SFT checkpoint in time"
-        time.sleep(0.1)
-    victim.kill()  # SIGKILL: no handler runs, an async checkpoint may be half written
-    assert victim.wait() == -9
+    sigkill_once_exists(victim, ckpts / str(KILL_AFTER), tmp_path / "killed.log", timeout=300,
+                        what="SFT checkpoint")
     victim.log.close()
     done_at_kill = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert done_at_kill and done_at_kill[-1] < SFT_STEPS, done_at_kill  # killed mid-SFT
