@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="compute dtype (master weights and AdamW moments stay float32)")
     ap.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
                     help="auto = cudnn on GPU with bf16, else xla")
-    ap.add_argument("--remat", action="store_true", help="rematerialise decoder blocks")
+    ap.add_argument("--remat", choices=("none", "full", "dots"), default="full",
+                    help="algo.remat / algo.remat_policy: none, or what the backward keeps")
     ap.add_argument("--steps", type=int, default=5, help="steps per measurement window")
     ap.add_argument("--repeats", type=int, default=3, help="measurement windows")
     ap.add_argument("--num-layers", type=int, default=None, help="override the layer count")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     impl = args.attention
     if impl == "auto":
         impl = "cudnn" if device.platform == "gpu" and args.dtype == "bfloat16" else "xla"
-    common = dict(param_dtype="float32", dtype=args.dtype, attention_impl=impl, remat=args.remat)
+    common = dict(param_dtype="float32", dtype=args.dtype, attention_impl=impl)
     if SHAPES[args.model_shape] is None:
         mc = ModelConfig.tiny("qwen2", **common)
     else:
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     graphdef, params = split_model(Decoder(mc, rngs=nnx.Rngs(0)))
     cfg = AlgoConfig(
         micro_batch_size=args.micro_batch_size, vocab_chunk=args.vocab_chunk,
-        loss=LossConfig(entropy_coef=0.001),
+        loss=LossConfig(entropy_coef=0.001), remat=args.remat != "none",
+        remat_policy="full" if args.remat == "none" else args.remat,
     )
     learner = Learner(graphdef, mc, cfg, OptimConfig(learning_rate=1e-6), mesh=mesh)
     state = learner.init_state(params)

@@ -115,13 +115,14 @@ def _train_batch(vocab: int, b: int, t: int) -> dict:
     )
 
 
-def ours_train(model, config, batch: dict):
+def ours_train(model, config, batch: dict, remat: str = "full"):
     from toolrl_jax.rl.losses import LossConfig
     from toolrl_jax.rl.train_step import AlgoConfig, Learner, OptimConfig, split_model
 
     graphdef, params = split_model(model)
-    learner = Learner(graphdef, config, AlgoConfig(loss=LossConfig(entropy_coef=0.0)),
-                      OptimConfig(learning_rate=1e-6))
+    algo = AlgoConfig(loss=LossConfig(entropy_coef=0.0), remat=remat != "none",
+                      remat_policy="full" if remat == "none" else remat)
+    learner = Learner(graphdef, config, algo, OptimConfig(learning_rate=1e-6))
     holder = {"state": learner.init_state(jax.tree.map(lambda x: x.copy(), params))}
     dev_batch = learner.shard_batch(batch)
 
@@ -168,6 +169,8 @@ def main(argv=None) -> int:
                          "(kv_min_bucket=None, the behaviour before KV-length buckets)")
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-seq", type=int, default=256)
+    ap.add_argument("--remat", choices=("none", "full", "dots"), default="full",
+                    help="train step: algo.remat / algo.remat_policy (default: the trainer's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--compile-cache", default=None,
@@ -239,14 +242,16 @@ def main(argv=None) -> int:
     if "train" in measures and hf_model is not None:
         batch = _train_batch(config.vocab_size, args.train_batch, args.train_seq)
         best = _interleaved(
-            {"ours": ours_train(model, config, batch), "peer": torch_train(hf_model, batch)},
+            {"ours": ours_train(model, config, batch, args.remat),
+             "peer": torch_train(hf_model, batch)},
             args.repeats)
         t_ours, t_peer = best["ours"], best["peer"]
         toks = args.train_batch * args.train_seq
         _emit(measure="train_step", peer="pytorch_eager", batch=args.train_batch,
               seq=args.train_seq, ours_tokens_per_s=round(toks / t_ours, 1),
               peer_tokens_per_s=round(toks / t_peer, 1), ratio=round(t_peer / t_ours, 3),
-              ours_step_s=round(t_ours, 3), peer_step_s=round(t_peer, 3), **common)
+              ours_step_s=round(t_ours, 3), peer_step_s=round(t_peer, 3), remat=args.remat,
+              **common)
     return 0
 
 

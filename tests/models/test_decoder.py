@@ -255,6 +255,32 @@ def test_remat_same_loss_and_grads(pairs):
     chex.assert_trees_all_close(jax.tree.leaves(g1), jax.tree.leaves(g2), atol=1e-6)
 
 
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_policies_give_the_unrolled_loss_and_grads(pairs, policy):
+    """``Decoder.hidden(remat=True, remat_policy=...)``: each policy only changes what the
+    backward keeps, never the values (reference: the unrolled blocks without remat)."""
+    _, model = pairs["llama_tied"]
+    tokens = jnp.asarray(TOKENS)
+    pos = jnp.broadcast_to(jnp.arange(TOKENS.shape[1]), TOKENS.shape)
+
+    def loss(m, **kw):
+        return jnp.mean(jnp.sin(m.hidden(tokens, pos, **kw)[0]))
+
+    l1, g1 = nnx.jit(nnx.value_and_grad(lambda m: loss(m, remat=False)))(model)
+    l2, g2 = nnx.jit(nnx.value_and_grad(
+        lambda m: loss(m, remat=True, remat_policy=policy)))(model)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(jax.tree.leaves(g1), jax.tree.leaves(g2), atol=1e-6)
+
+
+def test_unknown_remat_policy_is_a_config_error():
+    from toolrl_jax.errors import ConfigError
+    from toolrl_jax.rl.train_step import AlgoConfig
+
+    with pytest.raises(ConfigError, match=r"algo\.remat_policy: 'some' is not one of full, dots"):
+        AlgoConfig(remat_policy="some")
+
+
 # ----------------------------------------------------------------------------- config / errors
 
 

@@ -31,6 +31,7 @@ Parameters are stored in ``config.param_dtype`` and cast to ``config.dtype`` for
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -343,10 +344,22 @@ class Block(nnx.Module):
         return h + self.mlp(self.post_attention_layernorm(h)), new_cache
 
 
+#: ``remat_policy`` names -> ``jax.checkpoint`` policies of :func:`scan_blocks`' layer body:
+#: ``full`` keeps only each layer's input; ``dots`` also keeps the outputs of the weight matmuls
+#: (the q/k/v/o and MLP projections, dots without batch dimensions), so the backward recomputes
+#: only attention and the elementwise ops: less compute, more activation memory.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def scan_blocks(
-    blocks: Any, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array
+    blocks: Any, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+    policy: str = "full",
 ) -> jax.Array:
-    """The blocks applied in order as one ``lax.scan`` whose body is ``jax.checkpoint``-ed.
+    """The blocks applied in order as one ``lax.scan`` whose body is ``jax.checkpoint``-ed
+    (with the :data:`REMAT_POLICIES` entry ``policy``).
 
     The per-layer parameters are stacked on the fly (``[L, ...]``, one copy of the layer
     weights inside the step; the HF-style ``layers[i]`` storage is unchanged), so the backward
@@ -360,7 +373,7 @@ def scan_blocks(
     graphdef = nnx.graphdef(blocks[0])
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(b) for b in blocks])
 
-    @jax.checkpoint
+    @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[policy])
     def body(h: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
         return nnx.merge(graphdef, layer_state)(h, cos, sin, mask)[0], None
 
@@ -399,6 +412,7 @@ class Decoder(nnx.Module):
         cache_index: jax.Array | None = None,
         kv_len: int | None = None,
         remat: bool | None = None,
+        remat_policy: str = "full",
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states ``[B, T, D]`` (compute dtype) and the updated cache.
 
@@ -423,8 +437,8 @@ class Decoder(nnx.Module):
             ``cache_index`` by the number of valid tokens written.
 
         Without a cache and with ``remat`` (default ``config.remat``) the blocks run as one
-        rematerialised ``lax.scan`` (:func:`scan_blocks`: the training forward/backward);
-        else unrolled.
+        rematerialised ``lax.scan`` (:func:`scan_blocks`: the training forward/backward; what
+        the backward keeps is ``remat_policy``, see :data:`REMAT_POLICIES`); else unrolled.
         """
         c = self.config
         if segment_ids is None:
@@ -437,7 +451,8 @@ class Decoder(nnx.Module):
             same = segment_ids[:, :, None] == segment_ids[:, None, :]
             mask = causal[None] & same & (segment_ids[:, None, :] != 0)
             if c.remat if remat is None else remat:
-                return self.norm(scan_blocks(self.layers, x, cos, sin, mask)), None
+                return self.norm(scan_blocks(self.layers, x, cos, sin, mask,
+                                             remat_policy)), None
             for block in self.layers:
                 x = block(x, cos, sin, mask)[0]
             return self.norm(x), None

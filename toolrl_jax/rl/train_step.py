@@ -66,6 +66,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toolrl_jax.errors import ConfigError
+from toolrl_jax.models.decoder import REMAT_POLICIES
 from toolrl_jax.models.lora import adapter_specs
 from toolrl_jax.models.sharding import param_partition_specs
 from toolrl_jax.rl import advantages as advantages_lib
@@ -148,6 +149,9 @@ class AlgoConfig:
         ``lax.scan`` with a ``jax.checkpoint``-ed body, see ``models.decoder.scan_blocks``):
         activation memory ``O(L B T D)`` instead of keeping every layer's attention scores and
         MLP activations, for about one more forward pass of compute. Also used by SFT.
+      remat_policy: what the rematerialised backward keeps (``models.decoder.REMAT_POLICIES``):
+        ``full`` (each layer's input only) or ``dots`` (also the weight matmuls' outputs: the
+        backward recomputes only attention and elementwise ops; faster, more memory).
       compute_entropy: compute the policy entropy (needed when ``loss.entropy_coef > 0``; else
         only logged).
       dynamic_sampling: DAPO dynamic sampling (arXiv 2503.14476): groups whose rewards are all
@@ -169,6 +173,7 @@ class AlgoConfig:
     micro_batch_size: int | None = None
     vocab_chunk: int = 8192
     remat: bool = True
+    remat_policy: str = "full"
     compute_entropy: bool = True
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 4
@@ -183,6 +188,9 @@ class AlgoConfig:
             )
         if self.vocab_chunk < 1:
             raise ConfigError(f"algo.vocab_chunk: must be >= 1, got {self.vocab_chunk}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"algo.remat_policy: {self.remat_policy!r} is not one of "
+                              f"{', '.join(REMAT_POLICIES)}")
         if self.loss.entropy_coef > 0 and not self.compute_entropy:
             raise ConfigError("algo.compute_entropy: must be true when algo.loss.entropy_coef > 0")
         if self.max_sampling_rounds < 1:
@@ -278,18 +286,21 @@ def token_logprobs(
     entropy_grad: bool = True,
     frozen: Any = None,
     remat: bool = True,
+    remat_policy: str = "full",
 ) -> tuple[jax.Array, jax.Array | None]:
     """Policy log-probs (and entropy) ``[B, T]`` aligned with ``tokens``; column 0 is 0.
 
     ``logprobs[b, t] = log p(tokens[b, t] | tokens[b, :t])`` computed from the hidden state at
     ``t - 1`` with :func:`~toolrl_jax.rl.logprobs.token_logprobs_and_entropy` (vocab chunks).
     ``frozen``: the rest of the model's params (LoRA: the frozen base), merged with ``params``.
-    ``remat``: the decoder layers as one rematerialised scan (``Decoder.hidden(remat=)``).
+    ``remat``: the decoder layers as one rematerialised scan (``Decoder.hidden(remat=)``),
+    keeping what ``remat_policy`` says.
     """
     model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
     tokens = batch["tokens"]
     hidden, _ = model.hidden(
-        tokens, batch["positions"], segment_ids=batch.get("segment_ids"), remat=remat
+        tokens, batch["positions"], segment_ids=batch.get("segment_ids"), remat=remat,
+        remat_policy=remat_policy,
     )
     kernel = model.lm_head_kernel().astype(hidden.dtype)
     lp, ent = token_logprobs_and_entropy(
@@ -460,6 +471,7 @@ class Learner:
             self.graphdef, params, batch, vocab_chunk=cfg.vocab_chunk,
             temperature=self.temperature, compute_entropy=cfg.compute_entropy,
             entropy_grad=cfg.loss.entropy_coef > 0, frozen=frozen, remat=cfg.remat,
+            remat_policy=cfg.remat_policy,
         )
 
     def _micro_terms(self, cparams: Any, mb: Batch, denom: jax.Array, frozen: Any = None):

@@ -197,29 +197,40 @@ def _cap_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
 
 
 def suite_scores(trainer: Trainer, suite: SuiteConfig, log: Log) -> dict[str, dict[str, list]]:
-    """Greedy answers of the trainer's current model on every suite item, scored 1/0."""
+    """Greedy answers of the trainer's current model on every suite item, scored 1/0; one log
+    line per benchmark (items, mean score, seconds)."""
     predict = make_predict_fn(trainer.model, trainer.tokenizer, trainer.template,
                               max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size,
                               max_prompt_tokens=suite.max_prompt_tokens, log=log)
     out: dict[str, dict[str, list]] = {}
+    t0 = time.perf_counter()
+
+    def add(name: str, result: dict, key: str) -> None:
+        nonlocal t0
+        out[name] = _entries(result, key)
+        scores = out[name]["scores"]
+        log(f"suite: {name}: {len(scores)} items, mean {np.mean(scores) if scores else 0.0:.3f}, "
+            f"{time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+
     if suite.generated:
         data = dataclasses.replace(trainer.cfg.data, num_eval=suite.generated)
         tasks = DATA_SOURCES.get("generated")(data).heldout
-        res = evaluate_toolrl(predict, tasks, batch_size=suite.batch_size)
-        out["generated"] = _entries(res, "exact_match")
+        add("generated", evaluate_toolrl(predict, tasks, batch_size=suite.batch_size),
+            "exact_match")
     for path in suite.apibank:
         res = run_benchmark("apibank", predict, data=[path], limit=suite.apibank_limit or None,
                             batch_size=suite.batch_size)
         level = "level-2" if "level-2" in pathlib.Path(path).name else "level-1"
-        out[f"apibank_{level}"] = _entries(res, "valid")
+        add(f"apibank_{level}", res, "valid")
     for category in suite.bfcl:
         res = run_benchmark("bfcl", predict, categories=[category],
                             limit=suite.bfcl_limit or None, batch_size=suite.batch_size)
-        out[f"bfcl_{category}"] = _entries(res, "valid")
+        add(f"bfcl_{category}", res, "valid")
     if suite.toolrl_test:
         res = run_benchmark("toolrl", predict, data=suite.toolrl_test,
                             limit=suite.toolrl_limit or None, batch_size=suite.batch_size)
-        out["toolrl_test"] = _entries(res, "exact_match")
+        add("toolrl_test", res, "exact_match")
     return out
 
 
