@@ -33,6 +33,7 @@ def simulated_devices_flags(n: int) -> str:
             "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
             "--xla_cpu_collective_timeout_seconds=600")
 
+
 def sigkill_once_exists(proc, path: pathlib.Path, log_file: pathlib.Path, *, timeout: float,
                         what: str) -> None:
     """SIGKILL ``proc`` as soon as ``path`` exists (e.g. a checkpoint directory); fails with the

@@ -273,6 +273,23 @@ def test_remat_policies_give_the_unrolled_loss_and_grads(pairs, policy):
     chex.assert_trees_all_close(jax.tree.leaves(g1), jax.tree.leaves(g2), atol=1e-6)
 
 
+def test_dots_policy_keeps_more_in_the_backward_than_full():
+    """The policy reaches ``jax.checkpoint``: ``dots`` keeps the projections' outputs, so the
+    compiled gradient's scratch is larger than with ``full`` (a no-op policy would tie)."""
+    model = Decoder(ModelConfig.tiny("llama", num_layers=2), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    tokens = jnp.ones((2, 64), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(64), (2, 64))
+
+    def temp_bytes(policy):
+        def loss(s):
+            h = nnx.merge(graphdef, s).hidden(tokens, pos, remat=True, remat_policy=policy)[0]
+            return jnp.mean(jnp.sin(h))
+        return jax.jit(jax.grad(loss)).lower(state).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes("dots") > temp_bytes("full")
+
+
 def test_unknown_remat_policy_is_a_config_error():
     from toolrl_jax.errors import ConfigError
     from toolrl_jax.rl.train_step import AlgoConfig
