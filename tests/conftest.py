@@ -25,13 +25,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path not in slow_files)
 
 
-def simulated_devices_flags(n: int) -> str:
-    """``XLA_FLAGS`` for a subprocess with ``n`` simulated CPU devices. XLA's 40 s collective
-    timeouts are raised to 600 s: on 2 loaded cores (``pytest -n 2``) one device's thread can
-    fall that far behind the others at a rendezvous."""
-    return (f"--xla_force_host_platform_device_count={n} "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-            "--xla_cpu_collective_timeout_seconds=600")
+def simulated_devices_env(n: int, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess with ``n`` simulated CPU devices (``extra`` overrides).
+
+    * XLA's 40 s collective timeouts are raised to 600 s: on 2 loaded cores (``pytest -n 2``)
+      one device's thread can fall that far behind the others at a rendezvous.
+    * ``NPROC=64`` sizes XLA's CPU thread pools (tsl's ``DefaultThreadPoolSize`` reads it)
+      beyond the machine's 2 cores. Each simulated device's program runs on a pool thread and
+      blocks it at every collective; with a pool sized to the cores, a loaded machine could
+      leave one device's program unscheduled while the others wait for it at an all-reduce,
+      a deadlock (reproduced: 2 of 4 runs of ``tests/rl/_multidevice_script.py`` beside two
+      busy loops; 0 of 3 with ``NPROC=64``).
+    """
+    flags = (f"--xla_force_host_platform_device_count={n} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+             "--xla_cpu_collective_timeout_seconds=600")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "NPROC": "64", **extra}
 
 
 def sigkill_once_exists(proc, path: pathlib.Path, log_file: pathlib.Path, *, timeout: float,

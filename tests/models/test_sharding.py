@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +9,7 @@ import textwrap
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import simulated_devices_env
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.models import MeshConfig, ModelConfig, make_mesh, param_partition_specs
 from toolrl_jax.models.sharding import batch_partition_spec, initialize_distributed_if_needed
@@ -176,9 +175,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_sharded_forward_matches_single_device():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = simulated_devices_flags(8)
-    env["JAX_PLATFORMS"] = "cpu"
+    env = simulated_devices_env(8)
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )

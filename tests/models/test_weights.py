@@ -4,7 +4,6 @@ the logits of torch; lazy slicing; clear errors; sharded load on 8 simulated CPU
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import simulated_devices_env
 from toolrl_jax.errors import ModelLoadError
 from toolrl_jax.models.weights import LazyTensor, load_model_from_hf_dir, read_safetensors
 
@@ -233,9 +232,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_load_on_8_devices(saved_llama, tmp_path):
-    env = dict(
-        os.environ, XLA_FLAGS=simulated_devices_flags(8), JAX_PLATFORMS="cpu"
-    )
+    env = simulated_devices_env(8)
     proc = subprocess.run(  # noqa: PLW1510  (the return code is asserted below)
         [sys.executable, "-c", _SHARDED_SCRIPT, str(saved_llama), str(tmp_path)],
         cwd=REPO,

@@ -4,7 +4,6 @@ which 20 critic steps lower the value loss and raise the explained variance."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import simulated_devices_env
 from toolrl_jax.models.config import ModelConfig
 from toolrl_jax.models.decoder import Decoder
 from toolrl_jax.models.sharding import make_mesh
@@ -143,8 +142,7 @@ def test_critic_update_and_lora_on_an_8_device_mesh():
     """(fsdp=4, tp=2) on 8 simulated CPU devices: same critic step as on 1 device; LoRA logits
     unchanged by sharding, adapters split like their kernels."""
     repo = pathlib.Path(__file__).resolve().parents[2]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=simulated_devices_flags(8))
+    env = simulated_devices_env(8)
     script = repo / "tests/rl/_critic_lora_multidevice_script.py"
     proc = subprocess.run([sys.executable, str(script)], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)

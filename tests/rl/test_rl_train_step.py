@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import simulated_devices_env
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.models import Decoder, ModelConfig
 from toolrl_jax.rl.losses import LossConfig
@@ -168,8 +167,7 @@ def test_config_errors(model_parts):
 @pytest.mark.slow
 def test_sharded_step_matches_single_device():
     """8 simulated CPU devices: (fsdp=4, tp=2) and (data=8) vs 1 device, same loss and params."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=simulated_devices_flags(8))
+    env = simulated_devices_env(8)
     proc = subprocess.run([sys.executable, str(REPO / "tests/rl/_multidevice_script.py")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,12 +4,11 @@ device, with the KV cache split over slots (data x fsdp) and KV heads (tp)."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import simulated_devices_env
 
 SCRIPT = r"""
 import json, sys
@@ -49,9 +48,7 @@ print(json.dumps({
 
 def test_sampler_on_eight_device_mesh_matches_single_device():
     repo = pathlib.Path(__file__).resolve().parents[2]
-    env = dict(
-        os.environ, XLA_FLAGS=simulated_devices_flags(8), JAX_PLATFORMS="cpu"
-    )
+    env = simulated_devices_env(8)
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", SCRIPT],
         cwd=repo,

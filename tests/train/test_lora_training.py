@@ -19,7 +19,7 @@ import torch
 import transformers
 from flax import nnx
 
-from tests.conftest import simulated_devices_flags
+from tests.conftest import simulated_devices_env
 from toolrl_jax.cli import main
 from toolrl_jax.config_io import load_config
 from toolrl_jax.models.config import ModelConfig
@@ -257,14 +257,12 @@ def test_lora_step_on_a_4_device_mesh_matches_one_device():
     """(fsdp=2, tp=2) on 4 simulated CPU devices: the same losses and adapters as on one
     device, A sharded like its kernel's input dim, the sharded base untouched."""
     import json
-    import os
     import pathlib
     import subprocess
     import sys
 
     repo = pathlib.Path(__file__).resolve().parents[2]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=simulated_devices_flags(4))
+    env = simulated_devices_env(4)
     proc = subprocess.run([sys.executable, str(repo / "tests/train/_lora_mesh_script.py")],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=600,
                           check=False)

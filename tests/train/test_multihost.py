@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from tests.conftest import export_tiny_model, simulated_devices_flags
+from tests.conftest import export_tiny_model, simulated_devices_env
 from toolrl_jax.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,14 @@ def _args(model_dir, out_dir, steps=3):
             "optim.learning_rate=1e-2", "reward.components.token_hash=1.0"]
 
 
-def _env(cache_dir, **extra):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _env(cache_dir, devices=None, **extra):
+    """The subprocess environment: ``devices`` simulated CPU devices in one process (see
+    ``simulated_devices_env``), else none set here (the launcher sets them per process)."""
+    if devices:
+        env = simulated_devices_env(devices)
+    else:  # NPROC: XLA's CPU pools beyond 2 cores, as simulated_devices_env explains
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env["NPROC"] = "64"
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
                                                          str(cache_dir)), **extra)
@@ -69,7 +75,7 @@ def _launch(num_processes, args, cache_dir, log_dir, new_session=False):
 
 
 def _single(args, cache_dir, log_file, devices=8):
-    env = _env(cache_dir, XLA_FLAGS=simulated_devices_flags(devices))
+    env = _env(cache_dir, devices)
     with open(log_file, "w") as f:
         return subprocess.Popen([sys.executable, str(DRIVER), *args], env=env, cwd=REPO,
                                 stdout=f, stderr=subprocess.STDOUT)
@@ -181,7 +187,7 @@ def test_rollout_kv_cache_is_sharded_over_eight_devices(tiny_model_dir, tmp_path
         "                          'shards': [list(s.data.shape) for s in k.addressable_shards]}))\n"
     )
     args = [a for a in _args(tiny_model_dir, tmp_path / "run")[1:] if "token_hash" not in a]
-    env = _env(tmp_path / "cache", XLA_FLAGS=simulated_devices_flags(8))
+    env = _env(tmp_path / "cache", 8)
     out = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -239,7 +245,7 @@ def test_rollout_mesh_differs_from_the_training_mesh(two_kv_head_model_dir, tmp_
     args = [a for a in _args(two_kv_head_model_dir, tmp_path / "unused", steps=1)[1:]
             if "out_dir" not in a]
     args += ["mesh.data=8", "data.num_eval=1"]
-    env = _env(tmp_path / "cache", XLA_FLAGS=simulated_devices_flags(8))
+    env = _env(tmp_path / "cache", 8)
     runs = [tmp_path / "train_mesh", tmp_path / "rollout_mesh"]
     out = subprocess.run([sys.executable, "-c", ROLLOUT_MESH_SCRIPT, str(DRIVER), *args,
                           *map(str, runs)],

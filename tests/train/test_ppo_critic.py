@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.conftest import sigkill_once_exists, simulated_devices_flags
+from tests.conftest import sigkill_once_exists, simulated_devices_env
 from toolrl_jax.config_io import load_config
 from toolrl_jax.errors import ConfigError
 from toolrl_jax.rl.train_step import TrainState
@@ -245,19 +245,16 @@ print('RESULT ' + json.dumps(out))
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="XLA's CPU runtime deadlocks in this program's fsdp all-reduce on "
-                         "loaded cores (CI twice, 8 and 4 devices: partitions left without a "
-                         "thread); open in issue 15.")
 def test_critic_on_a_four_device_mesh_trains_and_resumes(tiny_model_dir, tmp_path):
     """(data 2, fsdp 2) on 4 simulated CPU devices: the critic's params and AdamW state live on
     the mesh (its head split over fsdp), micro-batches keep the rows sharded, and a resumed run
     restores the critic onto the same shardings.
 
-    4 devices, not 8: with (data 2, fsdp 4) XLA's CPU runtime deadlocked twice in CI (each
-    fsdp group's all-reduce waited for partitions that had no thread left to run on); the
-    critic's update on 8 devices is tested without the trainer in tests/rl/test_critic.py."""
+    It was skipped after deadlocking in CI on loaded cores (each fsdp group's all-reduce
+    waited for a partition that had no pool thread left to run on); ``simulated_devices_env``
+    now sizes XLA's CPU pools past the cores (``NPROC``). The critic's update on 8 devices is
+    also tested without the trainer in tests/rl/test_critic.py."""
     import json
-    import os
     import pathlib
     import subprocess
     import sys
@@ -270,8 +267,7 @@ def test_critic_on_a_four_device_mesh_trains_and_resumes(tiny_model_dir, tmp_pat
             "rollout.max_new_tokens=4", "rollout.num_slots=16", "mesh.data=2", "mesh.fsdp=2",
             "algo.advantage.estimator=gae", "algo.micro_batch_size=8",
             "algo.loss.entropy_coef=0.0", "critic.micro_batch_size=8"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
-               XLA_FLAGS=simulated_devices_flags(4))
+    env = simulated_devices_env(4, PYTHONPATH=str(repo))
     proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
