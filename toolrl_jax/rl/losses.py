@@ -35,6 +35,11 @@ mode                           ``w_{b,t}``                        ``D``
 which differs from this by the constant factor ``D``). Rows whose mask is all zero (padding)
 contribute nothing and are not counted in ``D``.
 
+Packed rows. With ``segment_ids`` ``[B, T]`` (several sequences per row, 0 = padding; see
+``train.batch.pack_rows``) a *sequence* is a (row, segment) pair rather than a row: ``sum_t
+m_{b,t}`` above becomes the sum over the token's own segment and ``D`` counts segments with a
+loss token, so a packed batch has the loss of the same sequences padded one per row.
+
 Metrics are also returned as sums with their own denominators so they accumulate exactly:
 token-level metrics are mask-weighted sums divided by the total token count.
 """
@@ -159,28 +164,53 @@ def kl_in_reward(
     return penalised, jnp.sum(kl) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def _sequence_index(mask: jax.Array, segment_ids: jax.Array | None) -> jax.Array | None:
+    """``[B, T]`` flat id of each token's sequence, ``b * (T + 1) + segment`` (None: rows)."""
+    if segment_ids is None:
+        return None
+    b, t = mask.shape
+    return jnp.arange(b, dtype=jnp.int32)[:, None] * (t + 1) + segment_ids.astype(jnp.int32)
+
+
+def _sequence_totals(mask: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """Loss tokens per sequence: ``[B, 1]`` per row, or ``[B * (T + 1)]`` per (row, segment)
+    with padding (segment 0) left out."""
+    if segment_ids is None:
+        return jnp.sum(mask, axis=-1, keepdims=True)
+    kept = jnp.where(segment_ids != 0, mask, 0.0)
+    return jax.ops.segment_sum(kept.ravel(), _sequence_index(mask, segment_ids).ravel(),
+                               num_segments=mask.size + mask.shape[0])
+
+
 def aggregation_weights(
-    loss_mask: jax.Array, aggregation: Aggregation, norm_constant: float | None = None
+    loss_mask: jax.Array, aggregation: Aggregation, norm_constant: float | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
-    """Per-token weights ``w [B, T]`` of the aggregation (see the module table)."""
+    """Per-token weights ``w [B, T]`` of the aggregation (see the module table); with
+    ``segment_ids`` the sequences are the packed segments."""
     mask = loss_mask.astype(_acc_dtype(loss_mask.dtype))
     if aggregation == "token-mean":
         return mask
     if aggregation == "seq-mean-token-mean":
-        return mask / jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1.0)
+        totals = _sequence_totals(mask, segment_ids)
+        if segment_ids is not None:
+            totals = totals[_sequence_index(mask, segment_ids)]
+        return mask / jnp.maximum(totals, 1.0)
     if aggregation == "seq-mean-token-sum-norm":
         c = float(mask.shape[-1]) if norm_constant is None else float(norm_constant)
         return mask / c
     raise ConfigError(f"loss.aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
 
 
-def aggregation_denominator(loss_mask: jax.Array, aggregation: Aggregation) -> jax.Array:
-    """Global denominator ``D`` (float32 scalar) of the aggregation; compute on the whole batch."""
+def aggregation_denominator(loss_mask: jax.Array, aggregation: Aggregation,
+                            segment_ids: jax.Array | None = None) -> jax.Array:
+    """Global denominator ``D`` (float32 scalar) of the aggregation; compute on the whole batch
+    (with ``segment_ids``: sequences are the packed segments)."""
     mask = loss_mask.astype(_acc_dtype(loss_mask.dtype))
     if aggregation == "token-mean":
         return jnp.sum(mask)
     if aggregation in ("seq-mean-token-mean", "seq-mean-token-sum-norm"):
-        return jnp.sum((jnp.sum(mask, axis=-1) > 0).astype(mask.dtype))
+        return jnp.sum((_sequence_totals(mask, segment_ids) > 0).astype(mask.dtype))
     raise ConfigError(f"loss.aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
 
 
@@ -237,6 +267,7 @@ def policy_loss_terms(
     ref_logprobs: jax.Array | None = None,
     entropy: jax.Array | None = None,
     sample_logprobs: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> LossTerms:
     """Numerator and metric sums of the policy loss for one (micro-)batch.
 
@@ -252,6 +283,9 @@ def policy_loss_terms(
         ``config.entropy_coef > 0``; logged when given.
       sample_logprobs: ``[B, T]`` log-probs reported by the sampler, for truncated importance
         sampling (``config.tis_cap``) and the mismatch metrics.
+      segment_ids: ``[B, T]`` packed sequences (0 = padding): the aggregation's sequences
+        are the segments (see the module docstring). GSPO's sequence ratio needs one sequence
+        per row (``ratio_level: sequence`` refuses packed rows at config time).
 
     Returns:
       :class:`LossTerms`.
@@ -299,7 +333,7 @@ def policy_loss_terms(
         raise ValueError("loss.tis_cap is set but the batch has no sample_logprobs")
 
     per_token = pg
-    w = aggregation_weights(mask, config.aggregation, config.norm_constant)
+    w = aggregation_weights(mask, config.aggregation, config.norm_constant, segment_ids)
     loss_sums = {"pg_loss": jnp.sum(w * pg)}
     if config.kl_coef > 0:
         if ref_logprobs is None:
@@ -359,6 +393,7 @@ def policy_loss(
     ref_logprobs: jax.Array | None = None,
     entropy: jax.Array | None = None,
     sample_logprobs: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss and metrics of one whole batch: ``policy_loss_terms(...).numerator / D``.
 
@@ -376,7 +411,8 @@ def policy_loss(
         ref_logprobs=ref_logprobs,
         entropy=entropy,
         sample_logprobs=sample_logprobs,
+        segment_ids=segment_ids,
     )
-    denom = aggregation_denominator(loss_mask, config.aggregation)
+    denom = aggregation_denominator(loss_mask, config.aggregation, segment_ids)
     loss = terms.numerator / jnp.maximum(denom, 1e-20)
     return loss, finalize_metrics(terms.loss_sums, terms.token_sums, denom)

@@ -162,6 +162,12 @@ class AlgoConfig:
         loss mask is zero, and the shortfall is logged.
       turn_advantage: :class:`~toolrl_jax.rl.turn_advantages.TurnAdvantageConfig`
         (``algo.turn_advantage.*``), the settings of ``advantage.estimator=turn_grpo``.
+      pack_rows: pack the update's sequences several to a row (first-fit decreasing, segment
+        ids; ``train.batch.pack_rows``) so fewer rows of the same length are trained on; rows
+        without a loss token are dropped. The loss is the padded batch's (the decoder attends
+        within a segment, the aggregation counts segments as sequences) with one PPO
+        mini-batch; with several, mini-batches are slices of packed rows. Not with GSPO's
+        sequence ratio (``loss.ratio_level: sequence``) or a critic (per-row values).
     """
 
     advantage: advantages_lib.AdvantageConfig = dataclasses.field(
@@ -178,6 +184,7 @@ class AlgoConfig:
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 4
     turn_advantage: TurnAdvantageConfig = dataclasses.field(default_factory=TurnAdvantageConfig)
+    pack_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.ppo_minibatches < 1:
@@ -193,6 +200,9 @@ class AlgoConfig:
                               f"{', '.join(REMAT_POLICIES)}")
         if self.loss.entropy_coef > 0 and not self.compute_entropy:
             raise ConfigError("algo.compute_entropy: must be true when algo.loss.entropy_coef > 0")
+        if self.pack_rows and self.loss.ratio_level == "sequence":
+            raise ConfigError("algo.pack_rows: GSPO's sequence ratio (algo.loss.ratio_level="
+                              "sequence) needs one sequence per row; set algo.pack_rows=false")
         if self.max_sampling_rounds < 1:
             raise ConfigError(
                 f"algo.max_sampling_rounds: must be >= 1, got {self.max_sampling_rounds}"
@@ -483,6 +493,7 @@ class Learner:
             lp, old, mb["advantages"], mb["loss_mask"], self.algo.loss,
             ref_logprobs=mb.get("ref_logprobs") if self.algo.loss.kl_coef > 0 else None,
             entropy=ent, sample_logprobs=mb.get("sample_logprobs"),
+            segment_ids=mb.get("segment_ids"),
         )
         return terms.numerator / denom, terms
 
@@ -509,7 +520,8 @@ class Learner:
                     "mesh devices (each device needs whole rows)"
                 )
         denom = jnp.maximum(
-            losses_lib.aggregation_denominator(batch["loss_mask"], cfg.loss.aggregation), 1e-20
+            losses_lib.aggregation_denominator(batch["loss_mask"], cfg.loss.aggregation,
+                                               batch.get("segment_ids")), 1e-20
         )
         cparams = params
         master = jax.tree.leaves(params)[0].dtype

@@ -54,6 +54,97 @@ class TrainBatch:
                 if getattr(self, f.name) is not None}
 
 
+def pack_bins(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the rows (``lengths[i]`` tokens each, 0 = nothing to train) in
+    bins of at most ``capacity`` tokens, longest first; rows of length 0 are left out.
+    O(rows x bins) on the host (rows are at most a few hundred)."""
+    order = sorted((i for i in range(len(lengths)) if lengths[i] > 0),
+                   key=lambda i: (-int(lengths[i]), i))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = int(lengths[i])
+        k = next((k for k, f in enumerate(free) if f >= n), None)
+        if k is None:
+            bins.append([i])
+            free.append(capacity - n)
+        else:
+            bins[k].append(i)
+            free[k] -= n
+    return bins
+
+
+def packed_row_count(num_bins: int, *, rows: int, unit: int) -> int:
+    """Rows of a packed batch: ``num_bins`` rounded up to ``unit`` x (1, 2, 3, 4, 6, 8, 12, ...:
+    powers of two and 1.5 x them, so at most ``2 log2(rows / unit) + 1`` shapes ever compile),
+    never more than ``rows``."""
+    units = max(1, -(-int(num_bins) // int(unit)))
+    size = 1
+    while size < units:  # a power of two p > 1 is followed by 3p / 2, and 3p / 2 by 2p
+        if size == 1:
+            size = 2
+        elif size & (size - 1) == 0:
+            size = size * 3 // 2
+        else:
+            size = size * 4 // 3
+    return min(rows, unit * size)
+
+
+def row_spans(batch: TrainBatch) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, length)`` ``[B]`` of each row's tokens (first to last with ``segment_ids !=
+    0``); length 0 for a row with no loss token (it adds nothing to the loss)."""
+    valid = np.asarray(batch.segment_ids) != 0
+    has = valid.any(1) & (np.asarray(batch.loss_mask) != 0).any(1)
+    t = valid.shape[1]
+    start = np.where(has, valid.argmax(1), 0)
+    end = np.where(has, t - valid[:, ::-1].argmax(1), 0)
+    return start, end - start
+
+
+def pack_rows(batch: TrainBatch, bins: list[list[int]], num_rows: int, *,
+              pad_id: int) -> TrainBatch:
+    """The sequences of ``batch`` (host arrays, one per row) packed ``bins[r]`` into row ``r``
+    of ``num_rows >= len(bins)`` rows of the same length ``T``: segment ``k`` (1, 2, ...) of a
+    row is its ``k``-th sequence, positions are kept (they restart per sequence), advantages
+    become per token. The decoder attends within a segment only and the loss aggregates per
+    segment (``rl.losses``), so the loss and its gradient are those of ``batch`` (rows of
+    ``bins`` not listed must have no loss token). Old / reference log-probs are computed on the
+    packed batch afterwards (they must still be None here)."""
+    if batch.old_logprobs is not None or batch.ref_logprobs is not None:
+        raise ValueError("pack_rows: pack before the log-prob stage")
+    tokens = np.asarray(batch.tokens)
+    t = tokens.shape[1]
+    start, length = row_spans(batch)
+    adv = np.asarray(batch.advantages, np.float32)
+    out = {
+        "tokens": np.full((num_rows, t), pad_id, tokens.dtype),
+        "positions": np.zeros((num_rows, t), np.asarray(batch.positions).dtype),
+        "segment_ids": np.zeros((num_rows, t), np.int32),
+        "loss_mask": np.zeros((num_rows, t), np.float32),
+        "advantages": np.zeros((num_rows, t), np.float32),
+    }
+    src = {"tokens": tokens, "positions": np.asarray(batch.positions),
+           "loss_mask": np.asarray(batch.loss_mask, np.float32)}
+    if batch.sample_logprobs is not None:
+        src["sample_logprobs"] = np.asarray(batch.sample_logprobs, np.float32)
+        out["sample_logprobs"] = np.zeros((num_rows, t), np.float32)
+    for r, rows in enumerate(bins):
+        if int(length[rows].sum()) > t:
+            raise ValueError(f"pack_rows: bin {r} holds {int(length[rows].sum())} tokens, "
+                             f"more than T={t}")
+        offset = 0
+        for k, b in enumerate(rows, start=1):
+            s, n = int(start[b]), int(length[b])
+            dst = slice(offset, offset + n)
+            for key, a in src.items():
+                out[key][r, dst] = a[b, s:s + n]
+            seg = np.asarray(batch.segment_ids)[b, s:s + n] != 0
+            out["segment_ids"][r, dst] = np.where(seg, k, 0)
+            out["advantages"][r, dst] = adv[b, s:s + n] if adv.ndim == 2 else adv[b]
+            offset += n
+    return TrainBatch(**{"sample_logprobs": None, **out})
+
+
 def _pad(a: np.ndarray, length: int) -> np.ndarray:
     """``[B, T]`` right-padded with 0 to ``[B, length]``."""
     a = np.asarray(a)
@@ -79,6 +170,14 @@ class Collected:
     train_rows: np.ndarray
     rounds: int = 1
     shortfall: int = 0
+
+    def response_mask(self) -> np.ndarray:
+        """``[B, T]`` the rows' trained tokens: the strategy's loss mask (else the
+        trajectory's) times the row's loss weight."""
+        b = self.batch
+        mask = np.asarray(b.trajectory.loss_mask if b.loss_mask is None else b.loss_mask,
+                          np.float32)
+        return mask * np.asarray(self.train_rows, np.float32)[:, None]
 
 
 def informative_groups(total: np.ndarray, group_ids: np.ndarray, num_groups: int) -> np.ndarray:

@@ -148,6 +148,10 @@ def check_critic_settings(cfg: TrainConfig) -> None:
     """``critic:`` and ``algo.gae`` settings only count with an estimator that uses a critic:
     setting them otherwise is an error (it would silently do nothing)."""
     if needs_critic(cfg.algo):
+        if cfg.algo.pack_rows:
+            raise ConfigError("algo.pack_rows: the critic's values and GAE run per row; set "
+                              "algo.pack_rows=false with algo.advantage.estimator="
+                              f"{cfg.algo.advantage.estimator}")
         c, rows = cfg.critic, cfg.rows_per_step
         if rows % c.minibatches(cfg.algo):
             raise ConfigError(f"critic.ppo_minibatches={c.minibatches(cfg.algo)} must divide "

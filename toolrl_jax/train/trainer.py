@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import shutil
 import sys
@@ -58,7 +59,16 @@ from toolrl_jax.rollout.sampling import SamplingConfig
 from toolrl_jax.rollout.trajectory import Trajectory, concat_trajectories
 from toolrl_jax.rollout.turns import Environment
 from toolrl_jax.train import hooks as hooks_lib
-from toolrl_jax.train.batch import Collected, TrainBatch, informative_groups, select_groups
+from toolrl_jax.train.batch import (
+    Collected,
+    TrainBatch,
+    informative_groups,
+    pack_bins,
+    pack_rows,
+    packed_row_count,
+    row_spans,
+    select_groups,
+)
 from toolrl_jax.train.checkpoint import Checkpointer
 from toolrl_jax.train.config import TrainConfig, bucket, resolve, sft_optim
 from toolrl_jax.train.critic_stage import ActorCriticState, Credit, CriticStage, needs_critic
@@ -485,6 +495,22 @@ class Trainer:
                                           pad_id=self.pad_id, row_weight=collected.train_rows,
                                           loss_mask=b.loss_mask)
 
+    def pack(self, batch: TrainBatch) -> TrainBatch:
+        """``algo.pack_rows``: the batch's sequences packed into fewer rows of the same length
+        (``train.batch.pack_rows``), as many rows on every process (the global largest count,
+        rounded to whole mini- and micro-batches); the batch itself when packing saves no
+        row."""
+        a, rows = self.cfg.algo, int(np.shape(batch.tokens)[0])
+        bins = pack_bins(row_spans(batch)[1], int(np.shape(batch.tokens)[1]))
+        mesh = self.learner.mesh
+        shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        unit = a.ppo_minibatches * (a.micro_batch_size or shards)  # global rows
+        unit //= math.gcd(unit, self.shares.process_count)  # this process's share of them
+        num_rows = packed_row_count(global_max(len(bins)), rows=rows, unit=unit)
+        if num_rows >= rows:
+            return batch
+        return pack_rows(batch, bins, num_rows, pad_id=self.pad_id)
+
     def credit_inputs(self, collected: Collected, **extra: Any) -> CreditInputs:
         """This process's rows as a :class:`CreditInputs` (whole groups, local group ids);
         ``extra`` fills the optional fields (values, log-probs) a stage has computed."""
@@ -558,6 +584,10 @@ class Trainer:
             collected = self.collect(step)
         with timer("advantages"):
             batch = self.make_batch(collected)
+            if self.cfg.algo.pack_rows:
+                batch = self.pack(batch)
+        shape = {"update_rows": int(np.shape(batch.tokens)[0]),  # this process's rows
+                 "update_fill": float(np.mean(np.asarray(batch.segment_ids) != 0))}
         with_critic = isinstance(state, ActorCriticState)
         policy = state.policy if with_critic else state
         batch = self.add_logprobs(policy, batch, timer)
@@ -572,13 +602,13 @@ class Trainer:
                 updates = jax.device_get(updates)
             self._set_policy(policy.params)
         if not with_critic:
-            return policy, self.step_metrics(collected, batch, updates, timer)
+            return policy, {**self.step_metrics(collected, batch, updates, timer), **shape}
         with timer("critic_update"):
             critic, critic_metrics = self.critic.update(state.critic, {
                 "tokens": batch.tokens, "positions": batch.positions,
                 "segment_ids": batch.segment_ids, "loss_mask": batch.loss_mask,
                 "returns": credit.returns, "old_values": credit.values})
-        metrics = self.step_metrics(collected, batch, updates, timer)
+        metrics = {**self.step_metrics(collected, batch, updates, timer), **shape}
         metrics.update({f"critic/{k}": float(v) for k, v in
                         {**jax.device_get(credit.metrics), **critic_metrics}.items()})
         metrics["critic/warmup"] = int(step < self.cfg.critic.warmup_steps)
@@ -593,7 +623,7 @@ class Trainer:
         stats = c.batch.trajectory.stats
         glob = gather_rows({
             "total": c.scores.total, "components": c.scores.components, "parts": c.scores.parts,
-            "response": (np.asarray(batch.loss_mask) > 0).sum(1),
+            "response": (c.response_mask() > 0).sum(1),
             "tool_calls": np.asarray(c.batch.trajectory.num_tool_calls),
             "groups": c.batch.group_ids + self._group_offset(c),
             "local_rows": np.asarray([len(c.batch.tasks)])})
