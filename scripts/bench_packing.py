@@ -72,7 +72,7 @@ def time_steps(learner, params, batch: TrainBatch, repeats: int) -> tuple[float,
     return min(times), loss
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--num-layers", type=int, default=None)
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--vocab-chunk", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not args.prompt_len < args.min_len <= args.max_len <= args.seq:
         ap.error("need --prompt-len < --min-len <= --max-len <= --seq")
     shape = SHAPES[args.model_shape]

@@ -1,5 +1,5 @@
 """The speed scripts: device_check.sh is valid bash; bench_hw prints its two limits; the peers
-benchmark's interleaving returns the best time of each callable."""
+benchmark's interleaving returns the best time of each callable; bench_packing packs."""
 
 from __future__ import annotations
 
@@ -47,3 +47,13 @@ def test_interleaved_takes_the_best_of_alternating_runs():
     best = peers._interleaved({"slow": slow, "fast": fast}, repeats=2, warmups={"fast": lambda: None})
     assert calls == ["slow", "slow", "fast", "slow", "fast"]  # fast's warm-up was the stand-in
     assert best["slow"] >= 0.02 > best["fast"]
+
+
+def test_bench_packing_packs_into_fewer_rows_with_the_same_loss(capsys):
+    _load("bench_packing").main(["--batch", "8", "--seq", "64", "--min-len", "12",
+                                 "--max-len", "40", "--prompt-len", "4", "--repeats", "1"])
+    padded, packed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (padded["variant"], packed["variant"]) == ("padded", "packed")
+    assert packed["rows"] < padded["rows"] == 8 and packed["fill"] > padded["fill"]
+    assert packed["real_tokens"] == padded["real_tokens"]
+    assert packed["loss_abs_diff"] <= 1e-5 * max(1.0, abs(padded["loss"]))
