@@ -164,10 +164,8 @@ def kl_in_reward(
     return penalised, jnp.sum(kl) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _sequence_index(mask: jax.Array, segment_ids: jax.Array | None) -> jax.Array | None:
-    """``[B, T]`` flat id of each token's sequence, ``b * (T + 1) + segment`` (None: rows)."""
-    if segment_ids is None:
-        return None
+def _sequence_index(mask: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """``[B, T]`` flat id of each token's (row, segment) sequence, ``b * (T + 1) + segment``."""
     b, t = mask.shape
     return jnp.arange(b, dtype=jnp.int32)[:, None] * (t + 1) + segment_ids.astype(jnp.int32)
 

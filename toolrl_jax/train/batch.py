@@ -113,6 +113,7 @@ def pack_rows(batch: TrainBatch, bins: list[list[int]], num_rows: int, *,
     if batch.old_logprobs is not None or batch.ref_logprobs is not None:
         raise ValueError("pack_rows: pack before the log-prob stage")
     tokens = np.asarray(batch.tokens)
+    segments = np.asarray(batch.segment_ids) != 0
     t = tokens.shape[1]
     start, length = row_spans(batch)
     adv = np.asarray(batch.advantages, np.float32)
@@ -138,8 +139,7 @@ def pack_rows(batch: TrainBatch, bins: list[list[int]], num_rows: int, *,
             dst = slice(offset, offset + n)
             for key, a in src.items():
                 out[key][r, dst] = a[b, s:s + n]
-            seg = np.asarray(batch.segment_ids)[b, s:s + n] != 0
-            out["segment_ids"][r, dst] = np.where(seg, k, 0)
+            out["segment_ids"][r, dst] = np.where(segments[b, s:s + n], k, 0)
             out["advantages"][r, dst] = adv[b, s:s + n] if adv.ndim == 2 else adv[b]
             offset += n
     return TrainBatch(**{"sample_logprobs": None, **out})

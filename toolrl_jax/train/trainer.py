@@ -586,8 +586,8 @@ class Trainer:
             batch = self.make_batch(collected)
             if self.cfg.algo.pack_rows:
                 batch = self.pack(batch)
-        shape = {"update_rows": int(np.shape(batch.tokens)[0]),  # this process's rows
-                 "update_fill": float(np.mean(np.asarray(batch.segment_ids) != 0))}
+        layout = {"update_rows": int(np.shape(batch.tokens)[0]),  # this process's rows
+                  "update_fill": float(np.mean(np.asarray(batch.segment_ids) != 0))}
         with_critic = isinstance(state, ActorCriticState)
         policy = state.policy if with_critic else state
         batch = self.add_logprobs(policy, batch, timer)
@@ -602,22 +602,22 @@ class Trainer:
                 updates = jax.device_get(updates)
             self._set_policy(policy.params)
         if not with_critic:
-            return policy, {**self.step_metrics(collected, batch, updates, timer), **shape}
+            return policy, self.step_metrics(collected, layout, updates, timer)
         with timer("critic_update"):
             critic, critic_metrics = self.critic.update(state.critic, {
                 "tokens": batch.tokens, "positions": batch.positions,
                 "segment_ids": batch.segment_ids, "loss_mask": batch.loss_mask,
                 "returns": credit.returns, "old_values": credit.values})
-        metrics = {**self.step_metrics(collected, batch, updates, timer), **shape}
+        metrics = self.step_metrics(collected, layout, updates, timer)
         metrics.update({f"critic/{k}": float(v) for k, v in
                         {**jax.device_get(credit.metrics), **critic_metrics}.items()})
         metrics["critic/warmup"] = int(step < self.cfg.critic.warmup_steps)
         return ActorCriticState(policy=policy, critic=critic), metrics
 
-    def step_metrics(self, c: Collected, batch: TrainBatch, updates: list[dict],
+    def step_metrics(self, c: Collected, layout: dict, updates: list[dict],
                      timer: StageTimer) -> dict:
         """The step's metrics over the global batch (per-row values all-gathered); rollout
-        timings are this process's."""
+        timings and ``layout`` (the update batch's rows and fill) are this process's."""
         m = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]
              if np.ndim(updates[0][k]) == 0}
         stats = c.batch.trajectory.stats
@@ -642,6 +642,7 @@ class Trainer:
                   if isinstance(stats.get(src), (int, float))})
         m.update(c.batch.metrics)  # the strategy's own (tree/*, fission/*)
         m.update(timer.metrics())
+        m.update(layout)
         return m
 
     def _accuracy(self, scores: Scores) -> float:
