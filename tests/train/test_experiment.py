@@ -15,10 +15,13 @@ from toolrl_jax.errors import ConfigError
 from toolrl_jax.train.experiment import (
     ArmResult,
     ExperimentConfig,
+    arm_overrides,
     format_markdown,
+    reuse_sft,
     run_experiment,
     summarize,
 )
+from toolrl_jax.train.config import TrainConfig
 
 
 def _result(arm, seed, scores):
@@ -64,6 +67,32 @@ def test_bad_experiment_files_name_the_key(tmp_path):
         exp.suite.check_files()
 
 
+def test_an_arm_with_the_same_sft_starts_from_the_finished_sft_checkpoint(tmp_path):
+    arms = {"sft": {"train.steps": 0}, "sft_grpo": {}, "grpo_cold": {"sft.steps": 0},
+            "sft_lr": {"sft.learning_rate": 0.5}}
+    exp = load_config(ExperimentConfig, None, [
+        "train_config=configs/demo.yaml", f"out_dir={tmp_path}", f"arms={json.dumps(arms)}",
+        "baseline=sft", 'common={"sft.steps": 5}'])
+    assert "sft.steps=5" in arm_overrides(exp, "sft_grpo", 0)
+    finished = tmp_path / "sft" / "seed0" / "checkpoints_sft" / "5"
+    finished.mkdir(parents=True)
+    (finished / "weights").write_text("w")
+    logs = []
+
+    def reuse(arm, seed=0):
+        cfg = load_config(TrainConfig, exp.train_config, arm_overrides(exp, arm, seed))
+        return reuse_sft(exp, arm, seed, cfg, tmp_path / arm / f"seed{seed}", logs.append)
+
+    assert reuse("sft_grpo") == "sft"
+    copied = tmp_path / "sft_grpo" / "seed0" / "checkpoints_sft" / "5" / "weights"
+    assert copied.read_text() == "w" and "checkpoint of sft" in logs[-1]
+    assert reuse("sft_grpo") is None  # it has its own checkpoint now
+    assert reuse("grpo_cold") is None  # no SFT
+    assert reuse("sft_lr") is None  # a different SFT
+    assert reuse("sft_grpo", seed=1) is None  # another seed
+    assert not (tmp_path / "sft_lr").exists()
+
+
 @pytest.mark.slow
 def test_smoke_runs_every_arm(tiny_model_dir, tmp_path):
     recipe = {"model": {"name": str(tiny_model_dir)},
@@ -83,8 +112,10 @@ def test_smoke_runs_every_arm(tiny_model_dir, tmp_path):
         f"arms={json.dumps(arms)}", "suite.generated=3", "suite.apibank=[]",
         "suite.bfcl=[simple]", "suite.toolrl_test=", "suite.max_new_tokens=8",
         "suite.batch_size=4", "smoke_items=4"])
-    table = run_experiment(exp, smoke=True, log=lambda m: None)
+    logs = []
+    table = run_experiment(exp, smoke=True, log=logs.append)
     out = tmp_path / "exp" / "smoke"
+    assert any("sft_grpo starts from the SFT checkpoint of sft" in m for m in logs)
     assert set(table["arms"]) == set(arms)
     for arm in arms:
         done = json.loads((out / arm / "seed0" / "suite.json").read_text())

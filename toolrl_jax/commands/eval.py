@@ -122,7 +122,7 @@ def run(args) -> int:
     try:
         results = run_benchmark(args.benchmark, predict, categories=args.categories, data=data,
                                 limit=args.limit, prompt_style=args.prompt_style,
-                                batch_size=max(args.batch_size * 4, 16), progress=bar)
+                                batch_size=max(args.batch_size * 8, 64), progress=bar)
     finally:
         bar.close()
     report_and_save(results, str(args.model or DEFAULT_MODEL), args.output)

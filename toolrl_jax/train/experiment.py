@@ -32,6 +32,7 @@ import gc
 import json
 import math
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -78,6 +79,8 @@ class SuiteConfig:
       max_new_tokens: greedy decoding budget per answer.
       max_prompt_tokens: longer prompts are answered with "" (and so score 0).
       batch_size: decoding slots.
+      tasks_per_call: tasks handed to the decoder at once; its slots refill from them as
+        answers end (``eval.predict``), so a call should hold many decoding batches.
     """
 
     generated: int = 200
@@ -91,12 +94,13 @@ class SuiteConfig:
     max_new_tokens: int = 256
     max_prompt_tokens: int = 2048
     batch_size: int = 16
+    tasks_per_call: int = 256
 
     def __post_init__(self) -> None:
         for name in ("generated", "apibank_limit", "bfcl_limit", "toolrl_limit"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"suite.{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size"):
+        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size", "tasks_per_call"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"suite.{name}: must be >= 1, got {getattr(self, name)}")
 
@@ -121,6 +125,7 @@ class ExperimentConfig:
       seeds: training seeds (``train.seed``); each arm runs once per seed.
       arms: arm name -> dotted overrides of the recipe (``{sft.steps: 0}``). A mapping given in
         YAML replaces the default arms.
+      common: dotted overrides every arm gets before its own (``{train.checkpoint_every: 10}``).
       baseline: the arm every other arm is compared with, item by item.
       suite: :class:`SuiteConfig`.
       resamples: bootstrap resamples per interval.
@@ -133,6 +138,7 @@ class ExperimentConfig:
     out_dir: str = "runs/experiment"
     seeds: tuple[int, ...] = (0,)
     arms: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ARMS))
+    common: dict[str, Any] = dataclasses.field(default_factory=dict)
     baseline: str = "base"
     suite: SuiteConfig = dataclasses.field(default_factory=SuiteConfig)
     resamples: int = 2000
@@ -184,10 +190,36 @@ class ArmResult:
 def arm_overrides(exp: ExperimentConfig, arm: str, seed: int) -> list[str]:
     """The dotted overrides of ``arm`` (as ``key=value`` strings, JSON-valued) plus its seed and
     run directory."""
-    items = [f"{k}={json.dumps(v)}" for k, v in exp.arms[arm].items()]
+    merged = {**exp.common, **exp.arms[arm]}
+    items = [f"{k}={json.dumps(v)}" for k, v in merged.items()]
     items += [f"train.seed={seed}", f"train.out_dir={exp.out_dir}/{arm}/seed{seed}",
               "train.plot=false"]
     return items
+
+
+SFT_KEYS = ("model", "lora", "data", "sft", "optim")  # with train.seed: what SFT depends on
+
+
+def reuse_sft(exp: ExperimentConfig, arm: str, seed: int, cfg: TrainConfig, run_dir: pathlib.Path,
+              log: Log) -> str | None:
+    """Copies another arm's finished SFT checkpoint (``checkpoints_sft/<sft.steps>``) into
+    ``run_dir`` when ``arm`` starts with the same SFT (same model, data, SFT, optimiser and
+    seed) and has no checkpoint yet; ``Trainer.sft`` then resumes at the end of SFT, so the SFT
+    of ``sft``, ``sft_grpo`` and the reward ablations is trained once. Returns the source arm."""
+    steps = cfg.sft.steps
+    if steps <= 0 or (run_dir / "checkpoints_sft").exists() or (run_dir / "checkpoints").exists():
+        return None
+    for other in exp.arms:
+        source = pathlib.Path(exp.out_dir) / other / f"seed{seed}" / "checkpoints_sft" / str(steps)
+        if other == arm or not source.is_dir():
+            continue
+        theirs = load_config(TrainConfig, exp.train_config, arm_overrides(exp, other, seed))
+        if (all(getattr(theirs, k) == getattr(cfg, k) for k in SFT_KEYS)
+                and theirs.train.seed == cfg.train.seed):
+            shutil.copytree(source, run_dir / "checkpoints_sft" / str(steps))
+            log(f"experiment: {arm} starts from the SFT checkpoint of {other} ({source})")
+            return other
+    return None
 
 
 def _cap_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
@@ -216,20 +248,20 @@ def suite_scores(trainer: Trainer, suite: SuiteConfig, log: Log) -> dict[str, di
     if suite.generated:
         data = dataclasses.replace(trainer.cfg.data, num_eval=suite.generated)
         tasks = DATA_SOURCES.get("generated")(data).heldout
-        add("generated", evaluate_toolrl(predict, tasks, batch_size=suite.batch_size),
+        add("generated", evaluate_toolrl(predict, tasks, batch_size=suite.tasks_per_call),
             "exact_match")
     for path in suite.apibank:
         res = run_benchmark("apibank", predict, data=[path], limit=suite.apibank_limit or None,
-                            batch_size=suite.batch_size)
+                            batch_size=suite.tasks_per_call)
         level = "level-2" if "level-2" in pathlib.Path(path).name else "level-1"
         add(f"apibank_{level}", res, "valid")
     for category in suite.bfcl:
         res = run_benchmark("bfcl", predict, categories=[category],
-                            limit=suite.bfcl_limit or None, batch_size=suite.batch_size)
+                            limit=suite.bfcl_limit or None, batch_size=suite.tasks_per_call)
         add(f"bfcl_{category}", res, "valid")
     if suite.toolrl_test:
         res = run_benchmark("toolrl", predict, data=suite.toolrl_test,
-                            limit=suite.toolrl_limit or None, batch_size=suite.batch_size)
+                            limit=suite.toolrl_limit or None, batch_size=suite.tasks_per_call)
         add("toolrl_test", res, "exact_match")
     return out
 
@@ -252,6 +284,7 @@ def run_arm(exp: ExperimentConfig, arm: str, seed: int, *, smoke: bool = False,
     cfg = load_config(TrainConfig, exp.train_config, overrides)
     if smoke:
         cfg = _cap_steps(cfg, exp.smoke_steps)
+    reuse_sft(exp, arm, seed, cfg, run_dir, log)
     log(f"experiment: arm {arm} seed {seed}: toolrl-jax train --config {exp.train_config} "
         f"{' '.join(overrides)}")
     t0 = time.perf_counter()
