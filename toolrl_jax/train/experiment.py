@@ -200,8 +200,15 @@ def arm_overrides(exp: ExperimentConfig, arm: str, seed: int) -> list[str]:
 SFT_KEYS = ("model", "lora", "data", "sft", "optim")  # with train.seed: what SFT depends on
 
 
+def arm_config(exp: ExperimentConfig, arm: str, seed: int, *, smoke: bool = False) -> TrainConfig:
+    """The train config of ``arm`` with ``seed``: the recipe, ``common``, then the arm's
+    overrides; with ``smoke``, SFT and RL steps capped at ``exp.smoke_steps``."""
+    cfg = load_config(TrainConfig, exp.train_config, arm_overrides(exp, arm, seed))
+    return _cap_steps(cfg, exp.smoke_steps) if smoke else cfg
+
+
 def reuse_sft(exp: ExperimentConfig, arm: str, seed: int, cfg: TrainConfig, run_dir: pathlib.Path,
-              log: Log) -> str | None:
+              log: Log, *, smoke: bool = False) -> str | None:
     """Copies another arm's finished SFT checkpoint (``checkpoints_sft/<sft.steps>``) into
     ``run_dir`` when ``arm`` starts with the same SFT (same model, data, SFT, optimiser and
     seed) and has no checkpoint yet; ``Trainer.sft`` then resumes at the end of SFT, so the SFT
@@ -213,7 +220,7 @@ def reuse_sft(exp: ExperimentConfig, arm: str, seed: int, cfg: TrainConfig, run_
         source = pathlib.Path(exp.out_dir) / other / f"seed{seed}" / "checkpoints_sft" / str(steps)
         if other == arm or not source.is_dir():
             continue
-        theirs = load_config(TrainConfig, exp.train_config, arm_overrides(exp, other, seed))
+        theirs = arm_config(exp, other, seed, smoke=smoke)
         if (all(getattr(theirs, k) == getattr(cfg, k) for k in SFT_KEYS)
                 and theirs.train.seed == cfg.train.seed):
             shutil.copytree(source, run_dir / "checkpoints_sft" / str(steps))
@@ -281,10 +288,8 @@ def run_arm(exp: ExperimentConfig, arm: str, seed: int, *, smoke: bool = False,
         log(f"experiment: {arm} seed {seed} already done ({done})")
         return ArmResult(**json.loads(done.read_text()))
     overrides = arm_overrides(exp, arm, seed)
-    cfg = load_config(TrainConfig, exp.train_config, overrides)
-    if smoke:
-        cfg = _cap_steps(cfg, exp.smoke_steps)
-    reuse_sft(exp, arm, seed, cfg, run_dir, log)
+    cfg = arm_config(exp, arm, seed, smoke=smoke)
+    reuse_sft(exp, arm, seed, cfg, run_dir, log, smoke=smoke)
     log(f"experiment: arm {arm} seed {seed}: toolrl-jax train --config {exp.train_config} "
         f"{' '.join(overrides)}")
     t0 = time.perf_counter()
