@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -15,13 +16,13 @@ from toolrl_jax.errors import ConfigError
 from toolrl_jax.train.experiment import (
     ArmResult,
     ExperimentConfig,
+    arm_config,
     arm_overrides,
     format_markdown,
     reuse_sft,
     run_experiment,
     summarize,
 )
-from toolrl_jax.train.config import TrainConfig
 
 
 def _result(arm, seed, scores):
@@ -79,9 +80,10 @@ def test_an_arm_with_the_same_sft_starts_from_the_finished_sft_checkpoint(tmp_pa
     (finished / "weights").write_text("w")
     logs = []
 
-    def reuse(arm, seed=0):
-        cfg = load_config(TrainConfig, exp.train_config, arm_overrides(exp, arm, seed))
-        return reuse_sft(exp, arm, seed, cfg, tmp_path / arm / f"seed{seed}", logs.append)
+    def reuse(arm, seed=0, smoke=False):
+        cfg = arm_config(exp, arm, seed, smoke=smoke)
+        return reuse_sft(exp, arm, seed, cfg, tmp_path / arm / f"seed{seed}", logs.append,
+                         smoke=smoke)
 
     assert reuse("sft_grpo") == "sft"
     copied = tmp_path / "sft_grpo" / "seed0" / "checkpoints_sft" / "5" / "weights"
@@ -91,6 +93,14 @@ def test_an_arm_with_the_same_sft_starts_from_the_finished_sft_checkpoint(tmp_pa
     assert reuse("sft_lr") is None  # a different SFT
     assert reuse("sft_grpo", seed=1) is None  # another seed
     assert not (tmp_path / "sft_lr").exists()
+    # --smoke caps both arms' SFT at smoke_steps (1) before comparing them
+    smoke_ckpt = tmp_path / "sft" / "seed0" / "checkpoints_sft" / "1"
+    smoke_ckpt.mkdir()
+    (smoke_ckpt / "weights").write_text("s")
+    assert reuse("sft_grpo", seed=2, smoke=True) is None  # sft's seed-2 run has no checkpoint
+    shutil.copytree(smoke_ckpt, tmp_path / "sft" / "seed2" / "checkpoints_sft" / "1")
+    assert reuse("sft_grpo", seed=2, smoke=True) == "sft"
+    assert (tmp_path / "sft_grpo" / "seed2" / "checkpoints_sft" / "1" / "weights").read_text() == "s"
 
 
 @pytest.mark.slow
